@@ -1,0 +1,28 @@
+"""pytest wiring: profiles, devices, dtypes and the implementation under test.
+
+``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation
+(a class or factory with AIM's constructor); the default is ``refimpl.optimized:WindowAttention``.
+"""
+
+import os
+
+import pytest
+from hypothesis import settings
+
+import refimpl.profiles  # noqa: F401  (registers dev / ci / thorough)
+from refimpl.properties import load_implementation
+
+if not os.environ.get("CI"):  # under CI=true Hypothesis loads "ci" itself; --hypothesis-profile overrides both
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--window-attention-impl",
+        default="refimpl.optimized:WindowAttention",
+        help="MODULE:ATTR of the window-attention implementation under test",
+    )
+
+
+@pytest.fixture(scope="session")
+def window_attention_impl(request):
+    return load_implementation("window_attention", request.config.getoption("--window-attention-impl"))

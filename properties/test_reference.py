@@ -1,0 +1,108 @@
+"""The oracle checked against its definitions: index formulas from spec.md, softmax laws, and the hand-written
+VJP against central finite differences. These tests take no implementation: they are why the oracle is trusted."""
+
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refimpl import reference
+from refimpl import strategies as rst
+from refimpl.tolerance import FINITE_DIFFERENCE_RTOL, FINITE_DIFFERENCE_STEP
+
+window_sides = st.integers(1, 9)
+
+
+@given(window_sides, window_sides)
+def test_relative_position_index_is_the_spec_formula(wh, ww):
+    index = reference.relative_position_index((wh, ww))
+    assert index.dtype == np.int64 and index.shape == (wh * ww, wh * ww)
+    for i in range(wh * ww):
+        r_i, c_i = divmod(i, ww)  # token p = r * Ww + c
+        for j in range(wh * ww):
+            r_j, c_j = divmod(j, ww)
+            assert index[i, j] == (r_i - r_j + wh - 1) * (2 * ww - 1) + (c_i - c_j + ww - 1)
+    # every relative offset has its own row of the ((2Wh-1)(2Ww-1), nH) table, and every row is used
+    assert set(np.unique(index)) == set(range((2 * wh - 1) * (2 * ww - 1))) or wh * ww == 1
+
+
+def test_relative_position_index_window_7x7_uses_169_rows():
+    index = reference.relative_position_index((7, 7))
+    assert index.min() == 0 and index.max() == 168 and index[0, 0] == index[48, 48] == 84
+
+
+@given(st.integers(1, 32))
+def test_temporal_relative_index_is_i_minus_j_plus_t_minus_1(t):
+    index = reference.temporal_relative_index(t)
+    assert index.dtype == np.int64 and index.shape == (t, t)
+    for i in range(t):
+        for j in range(t):
+            assert index[i, j] == i - j + t - 1
+
+
+def test_temporal_relative_index_t4_matches_spec():
+    expected = [[3, 2, 1, 0], [4, 3, 2, 1], [5, 4, 3, 2], [6, 5, 4, 3]]  # spec.md §1.1
+    np.testing.assert_array_equal(reference.temporal_relative_index(4), expected)
+
+
+rows = st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=12)
+
+
+@given(rows, st.floats(-1e3, 1e3))
+def test_softmax_is_a_distribution_and_shift_invariant(row, shift):
+    p = reference.softmax(np.array(row))
+    assert (p >= 0).all() and abs(p.sum() - 1.0) <= 1e-12
+    np.testing.assert_allclose(reference.softmax(np.array(row) + shift), p, rtol=1e-9, atol=1e-300)
+    assert p[int(np.argmax(row))] == p.max()
+
+
+@given(rst.window_attention_cases())
+def test_oracle_probabilities_are_normalized_and_masked(case):
+    stages = case.oracle_stages()
+    assert (stages.probs >= 0).all()
+    np.testing.assert_allclose(stages.probs.sum(-1), 1.0, rtol=0, atol=1e-12)
+    if case.has_mask and not case.temporal:
+        blocked = np.broadcast_to(stages.mask_rows[:, None] == -100.0, stages.probs.shape)
+        # a -100 mask leaves e^-100 of weight relative to the row's largest logit (logits here are O(10))
+        assert (stages.probs[blocked] < 1e-30).all()
+
+
+def _loss(case, params, x):
+    out = reference.window_attention(x, params, **case.oracle_kwargs())
+    return float(np.sum(out * case.grad_out))
+
+
+@given(rst.window_attention_cases(rst.window_attention_configs(max_heads=4, max_head_dim=3, max_window_side=3)))
+def test_oracle_vjp_matches_central_differences(case):
+    """<grad, direction> equals the directional derivative of the loss, for x and every parameter."""
+    grads = case.oracle_vjp()
+    rng = np.random.default_rng(case.seed)
+    h = FINITE_DIFFERENCE_STEP
+    for key in ["x", *case.params]:
+        direction = rng.standard_normal(np.shape(case.x if key == "x" else case.params[key]))
+
+        def loss_at(t):
+            if key == "x":
+                return _loss(case, case.params, case.x + t * direction)
+            return _loss(case, {**case.params, key: case.params[key] + t * direction}, case.x)
+
+        numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+        analytic = float(np.sum(grads[key] * direction))
+        scale = max(abs(analytic), np.linalg.norm(grads[key]) * np.linalg.norm(direction), 1.0)
+        assert abs(numeric - analytic) <= FINITE_DIFFERENCE_RTOL * scale, (key, numeric, analytic)
+
+
+def test_vjp_of_unused_table_is_zero():
+    case = rst.WindowAttentionCase.build(
+        rst.WindowAttentionConfig(dim=8, num_heads=2, window_size=(2, 3), num_ttokens=3),
+        temporal=False, batch=2, n_windows=1, has_mask=False, seed=1,
+    )
+    grads = case.oracle_vjp()
+    assert not grads["temporal_position_bias_table"].any() and grads["relative_position_bias_table"].any()
+
+
+def test_reference_imports_without_torch():
+    code = "import sys, refimpl.reference; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

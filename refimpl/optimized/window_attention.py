@@ -1,0 +1,225 @@
+"""AIM ``WindowAttention`` as a drop-in torch module, on ``F.scaled_dot_product_attention``.
+
+The trick: the relative-position bias (plus the window mask, when one is given) is gathered once into a 4-D
+additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
+CPU SDPA on its fused flash kernel (a 3-D mask or a 5-D query silently drops to the math backend; see
+``shared/notes/performance.md``). Every part of this is covered by a property against ``refimpl.reference``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refimpl import _validate as v
+
+__all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
+
+
+def relative_position_index(window_size, *, device=None) -> torch.Tensor:
+    """Swin's index table, int64 ``(Wh*Ww, Wh*Ww)``; see ``refimpl.reference.relative_position_index``."""
+    wh, ww = v.window_pair("window_size", window_size)
+    rows, cols = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    d_row = rows[:, None] - rows[None, :] + (wh - 1)
+    d_col = cols[:, None] - cols[None, :] + (ww - 1)
+    return (d_row * (2 * ww - 1) + d_col).to(torch.int64)
+
+
+def temporal_relative_index(num_ttokens: int, *, device=None) -> torch.Tensor:
+    """AIM's temporal index, int64 ``(T, T)`` with entry ``i - j + T - 1``."""
+    t = v.positive_int("num_ttokens", num_ttokens)
+    steps = torch.arange(t, device=device)
+    return (steps[:, None] - steps[None, :] + (t - 1)).to(torch.int64)
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with relative-position bias (AIM / Swin), spatial or temporal.
+
+    Same constructor, state-dict keys (``relative_position_index`` and ``t_relative_coords`` are persistent
+    buffers) and forward as AIM's ``WindowAttention``, so an upstream checkpoint loads with ``strict=True``.
+
+    ``forward(x, mask=None, temporal=False)``:
+      * spatial: ``x`` ``(B_, N, C)`` with ``N == Wh*Ww``; ``mask`` ``(nW, N, N)`` additive, row ``b`` of ``x``
+        gets ``mask[b % nW]`` (``B_ = B*nW`` batch-major, as ``window_partition`` lays it out);
+      * temporal: ``x`` ``(B*H*W, T', C)`` with ``T' == num_ttokens``; full (bidirectional) attention over time
+        with the temporal bias; ``mask`` is ignored, as upstream.
+
+    Differences from upstream, all on invalid input: errors are raised at the boundary with a message, where
+    upstream fails deep inside or (``num_ttokens == 1``) silently broadcasts the bias over any ``N``.
+    ``window_size`` may also be given as one int. As upstream, ``qk_scale`` of ``None`` or ``0`` means
+    ``head_dim ** -0.5``.
+    """
+
+    _CACHE_SLOTS = 8  # spatial and temporal calls alternate in AIM blocks; a few batch sizes on top
+
+    def __init__(
+        self,
+        dim,
+        num_ttokens,
+        window_size,
+        num_heads,
+        use_temporal=True,
+        qkv_bias=True,
+        qk_scale=None,
+        attn_drop=0.0,
+        proj_drop=0.0,
+    ):
+        super().__init__()
+        self.dim = v.positive_int("dim", dim)
+        self.num_heads = v.positive_int("num_heads", num_heads)
+        head_dim = v.head_dim(self.dim, self.num_heads, channels_name="dim")
+        self.window_size = v.window_pair("window_size", window_size)
+        self.num_ttokens = v.positive_int("num_ttokens", num_ttokens)
+        self.use_temporal = bool(use_temporal)
+        self.scale = float(qk_scale) if qk_scale else head_dim**-0.5  # upstream's ``qk_scale or d**-0.5``
+
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+        if self.use_temporal:
+            self.temporal_position_bias_table = nn.Parameter(torch.zeros(2 * self.num_ttokens - 1, self.num_heads))
+            self.register_buffer("t_relative_coords", temporal_relative_index(self.num_ttokens).flatten())
+
+        self.qkv = nn.Linear(self.dim, 3 * self.dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(self.dim, self.dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+        # timm's trunc_normal_(std=.02) has absolute bounds (-2, 2), i.e. in effect N(0, .02^2); so does torch's.
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        if self.use_temporal:
+            nn.init.trunc_normal_(self.temporal_position_bias_table, std=0.02)
+
+        self._bias_cache: OrderedDict = OrderedDict()
+
+    # ----------------------------------------------------------------------------------------------
+    # The additive attention mask (position bias, plus the window mask)
+    # ----------------------------------------------------------------------------------------------
+
+    def _position_bias(self, temporal: bool, dtype: torch.dtype) -> torch.Tensor:
+        """``(1, nH, N, N)`` bias gathered from the module's own table and index buffer."""
+        if temporal:
+            table, index, n = self.temporal_position_bias_table, self.t_relative_coords, self.num_ttokens
+        else:
+            table, index = self.relative_position_bias_table, self.relative_position_index
+            n = self.window_size[0] * self.window_size[1]
+        bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).permute(2, 0, 1)
+        return bias.unsqueeze(0).to(dtype).contiguous()
+
+    def _combined_mask(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
+        """The 4-D additive SDPA mask: ``(1, nH, N, N)`` without a window mask, else ``(B_, nH, N, N)``."""
+        bias = self._position_bias(temporal, dtype)
+        if mask is None:
+            return bias
+        n_windows, n = mask.shape[0], mask.shape[-1]
+        per_window = bias + mask.to(dtype).unsqueeze(1)  # (nW, nH, N, N)
+        # Materialized contiguous: a stride-0 batch expand cannot merge (B, nW) into one B_ axis.
+        return per_window.repeat(n_rows // n_windows, 1, 1, 1).reshape(n_rows, self.num_heads, n, n)
+
+    def _cache_key(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype):
+        table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
+        index = self.t_relative_coords if temporal else self.relative_position_index
+        # _version moves on every in-place write (load_state_dict's copy_, optimizer steps, mul_), data_ptr on
+        # ``.data =`` and ``.to()``. The entry also holds a reference to the mask, so ``is`` identity is safe.
+        state = (table.data_ptr(), table._version, index.data_ptr(), index._version, table.dtype, table.device)
+        if mask is None:
+            return (temporal, dtype, 1, state, None, None)
+        return (temporal, dtype, n_rows, state, id(mask), mask._version)
+
+    def attention_mask(self, x_shape, mask=None, temporal: bool = False, dtype=None) -> torch.Tensor:
+        """The additive mask handed to SDPA for an input of shape ``x_shape``; cached when no gradient flows
+        into it. A cached entry is used only while the table, index buffer and window mask are the very tensors,
+        at the very versions, it was built from."""
+        dtype = dtype or self.relative_position_bias_table.dtype
+        n_rows = x_shape[0]
+        table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
+        needs_grad = torch.is_grad_enabled() and (
+            table.requires_grad or (mask is not None and mask.requires_grad)
+        )
+        if needs_grad:  # a cached tensor would hold a freed autograd graph after the first backward
+            return self._combined_mask(temporal, mask, n_rows, dtype)
+        key = self._cache_key(temporal, mask, n_rows, dtype)
+        hit = self._bias_cache.get(key)
+        if hit is not None and hit[0] is mask:
+            self._bias_cache.move_to_end(key)
+            return hit[1]
+        with torch.no_grad():
+            combined = self._combined_mask(temporal, mask, n_rows, dtype)
+        self._bias_cache[key] = (mask, combined)
+        while len(self._bias_cache) > self._CACHE_SLOTS:
+            self._bias_cache.popitem(last=False)
+        return combined
+
+    def _apply(self, fn, *args, **kwargs):
+        self._bias_cache.clear()  # .to() / .cuda() / .half(): drop entries built on the old device or dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------
+    # Forward
+    # ----------------------------------------------------------------------------------------------
+
+    def _check_input(self, x, mask, temporal: bool):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+        n_rows, n_tokens, channels = v.rows_tokens_channels("x", x.shape)
+        if channels != self.dim:
+            raise ValueError(f"x has C={channels} channels, but the module was built with dim={self.dim}")
+        if temporal:
+            if not self.use_temporal:
+                raise ValueError("temporal=True, but the module was built with use_temporal=False (no temporal table)")
+            if n_tokens != self.num_ttokens:
+                raise ValueError(
+                    f"x has N={n_tokens} tokens but temporal mode needs N == num_ttokens == {self.num_ttokens}"
+                )
+            return None  # upstream ignores the mask in temporal mode
+        n_window = self.window_size[0] * self.window_size[1]
+        if n_tokens != n_window:
+            raise ValueError(
+                f"x has N={n_tokens} tokens but spatial mode needs N == Wh*Ww == {n_window} "
+                f"for window_size={self.window_size}"
+            )
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if not mask.is_floating_point():
+            raise TypeError(
+                f"mask must be a floating additive tensor (0 where attention is allowed, e.g. -100 where it is "
+                f"not), got dtype {mask.dtype}"
+            )
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
+        v.window_mask_shape("mask", mask.shape, n_rows=n_rows, n_tokens=n_tokens)
+        return mask
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, temporal: bool = False) -> torch.Tensor:
+        """``(B_, N, C) -> (B_, N, C)``; see the class docstring for ``mask`` and ``temporal``."""
+        mask = self._check_input(x, mask, temporal)
+        n_rows, n_tokens, channels = x.shape
+        head_dim = channels // self.num_heads
+        qkv = self.qkv(x).reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
+        attn_mask = self.attention_mask(x.shape, mask, temporal, dtype=x.dtype)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
+        out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
+        return self.proj_drop(self.proj(out))
+
+    def flops(self, N, T, temporal=False):
+        """AIM's count: MACs of ``q@k^T`` and ``attn@v`` for one window of ``N`` tokens over ``T`` frames
+        (``temporal=False``), or of temporal attention over ``T`` tokens at ``N`` positions (``temporal=True``)."""
+        from refimpl.reference import window_attention_flops
+
+        return window_attention_flops(self.dim, self.num_heads, N, T, temporal)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, "
+            f"num_ttokens={self.num_ttokens}, use_temporal={self.use_temporal}"
+        )

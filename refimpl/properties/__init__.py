@@ -1,0 +1,19 @@
+"""Property definitions shared by the ``properties/`` test suite and ``refimpl verify``.
+
+Importing this package registers every property in ``PROPERTIES``; each one takes the implementation under test
+as a parameter (see ``refimpl.properties._core.Implementation``).
+"""
+
+from refimpl.properties import window_attention  # noqa: F401  (registers the window-attention properties)
+from refimpl.properties._core import (
+    DTYPES,
+    PROPERTIES,
+    available_devices,
+    Implementation,
+    Property,
+    load_implementation,
+    properties_for,
+    run_property,
+)
+
+__all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation", "properties_for", "run_property"]

@@ -1,0 +1,106 @@
+"""The property registry and the machinery to run a property on an implementation.
+
+A property is defined once, with the strategy that draws its cases and a ``check(impl, case, device, dtype)``
+that raises ``AssertionError`` when it does not hold. The project's ``properties/`` suite and ``refimpl verify``
+both run the same registered objects; the implementation under test is always a parameter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import hypothesis
+from hypothesis import given
+from hypothesis.strategies import SearchStrategy
+
+__all__ = ["available_devices", "Implementation", "Property", "PROPERTIES", "register", "run_property", "load_implementation", "DTYPES"]
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """An implementation under test: ``factory(**constructor_kwargs) -> nn.Module`` with the upstream protocol
+    (constructor signature, state-dict keys, forward)."""
+
+    kind: str  # "window_attention"
+    name: str
+    factory: Callable
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    kind: str
+    doc: str
+    cases: SearchStrategy = field(repr=False)
+    check: Callable = field(repr=False)
+    dtypes: tuple[str, ...] = tuple(DTYPES)
+
+
+PROPERTIES: list[Property] = []
+
+
+def available_devices() -> list[str]:
+    """``["cpu"]``, plus ``"cuda"`` when a CUDA device is present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def register(kind: str, cases: SearchStrategy, dtypes: tuple[str, ...] = tuple(DTYPES)):
+    """Decorator: register ``check(impl, case, device, dtype)`` as a property; its docstring is the statement."""
+
+    def wrap(check):
+        doc = " ".join((check.__doc__ or "").split())
+        PROPERTIES.append(Property(check.__name__, kind, doc, cases, check, dtypes))
+        return check
+
+    return wrap
+
+
+def properties_for(kind: str) -> list[Property]:
+    return [p for p in PROPERTIES if p.kind == kind]
+
+
+def run_property(
+    prop: Property, impl: Implementation, device: str, dtype: str, settings=None, seed: int | None = None
+) -> None:
+    """Run one property under Hypothesis (the active profile unless ``settings`` is given, and Hypothesis' seed
+    ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes."""
+
+    @given(case=prop.cases)
+    def run(case):
+        prop.check(impl, case, device, DTYPES[dtype])
+
+    if settings is not None:
+        run = settings(run)
+    if seed is not None:
+        run = hypothesis.seed(seed)(run)
+    run.__name__ = run.__qualname__ = f"{prop.name}[{impl.name}-{device}-{dtype}]"
+    run()
+
+
+def load_implementation(kind: str, spec: str) -> Implementation:
+    """``"package.module:attr"`` -> ``Implementation``; raises ``ValueError`` with the reason when it cannot."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"implementation must be given as MODULE:ATTR, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import error of the user's module is reported, not raised
+        raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(factory):
+        raise ValueError(f"{spec} is not callable (got {type(factory).__name__})")
+    return Implementation(kind, spec, factory)
+

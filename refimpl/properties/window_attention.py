@@ -1,0 +1,319 @@
+"""Properties of window attention (AIM ``WindowAttention``), each checked against ``refimpl.reference``.
+
+Every check takes the implementation under test as a parameter: ``impl.factory`` must accept AIM's constructor
+arguments and return an ``nn.Module`` with AIM's state-dict keys and ``forward(x, mask=None, temporal=False)``.
+The module builds its own index buffers; only the drawn *parameters* are loaded into it, never the oracle's
+buffers, so a wrong buffer cannot be papered over.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+from refimpl import reference
+from refimpl import strategies as rst
+from refimpl.eager import EagerWindowAttention
+from refimpl.properties._core import Implementation, register
+from refimpl.tolerance import assert_close
+
+KIND = "window_attention"
+EAGER = Implementation(KIND, "refimpl.eager:EagerWindowAttention", EagerWindowAttention)
+
+# --------------------------------------------------------------------------------------------------
+# Running an implementation on a case
+# --------------------------------------------------------------------------------------------------
+
+
+def round_to(array, dtype: torch.dtype) -> np.ndarray:
+    """The float64 values that ``array`` takes once stored in ``dtype``."""
+    return torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype).double().numpy()
+
+
+def rounded_case(case: rst.WindowAttentionCase, dtype: torch.dtype) -> rst.WindowAttentionCase:
+    """The case as a ``dtype`` implementation sees it: the oracle then runs on exactly those inputs."""
+    return case.with_arrays(
+        x=round_to(case.x, dtype),
+        params={k: round_to(a, dtype) for k, a in case.params.items()},
+        mask=None if case.mask is None else round_to(case.mask, dtype),
+        grad_out=round_to(case.grad_out, dtype),
+    )
+
+
+def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
+
+
+def build(impl: Implementation, config, params, device, dtype, *, train=False) -> torch.nn.Module:
+    """Build the implementation with ``config`` and load ``params`` (parameters only, never buffers)."""
+    module = impl.factory(**config.kwargs()).to(device=device, dtype=dtype)
+    state = {k: to_tensor(a, device, dtype) for k, a in params.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in module.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        raise AssertionError(
+            f"{impl.name} does not have AIM's state-dict keys: unexpected {sorted(unexpected)}, "
+            f"missing parameters {sorted(set(missing) - buffers)}"
+        )
+    return module.train(train)
+
+
+def forward(module, case, device, dtype, *, x=None, mask=None, temporal=None) -> torch.Tensor:
+    x = case.x if x is None else x
+    mask = case.mask if mask is None else mask
+    temporal = case.temporal if temporal is None else temporal
+    mask_t = None if mask is None else to_tensor(mask, device, dtype)
+    return module(to_tensor(x, device, dtype), mask_t, temporal)
+
+
+def gradients(module, case, device, dtype) -> dict[str, torch.Tensor]:
+    """``d sum(out * grad_out)`` with respect to ``x`` and every parameter (zeros where none flowed)."""
+    x = to_tensor(case.x, device, dtype, requires_grad=True)
+    mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
+    out = module(x, mask, case.temporal)
+    (out * to_tensor(case.grad_out, device, dtype)).sum().backward()
+    grads = {"x": x.grad}
+    for name, p in module.named_parameters():
+        grads[name] = p.grad if p.grad is not None else torch.zeros_like(p)
+    return grads
+
+
+def _run(impl, case, device, dtype, *, train=False):
+    return build(impl, case.config, case.params, device, dtype, train=train)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies for the properties
+# --------------------------------------------------------------------------------------------------
+
+cases = rst.window_attention_cases()
+spatial_cases = rst.window_attention_cases(temporal=False)
+masked_cases = rst.window_attention_cases(temporal=False, mask=True)
+temporal_cases = rst.window_attention_cases(rst.window_attention_configs(use_temporal=True), temporal=True)
+with_qkv_bias = rst.window_attention_cases(rst.window_attention_configs(qkv_bias=True))
+with_dropout = rst.window_attention_cases(rst.window_attention_configs(dropout=True))
+configs = rst.window_attention_configs()
+
+FLOAT64 = ("float64",)
+HIGH = ("float64", "float32")
+
+# --------------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------------
+
+
+@register(KIND, configs, dtypes=("float32",))
+def buffers_match_oracle(impl, config, device, dtype):
+    """The index buffers the module builds itself (relative_position_index, t_relative_coords) equal the oracle's
+    tables, before any state dict is loaded."""
+    module = impl.factory(**config.kwargs()).to(device)
+    buffers = dict(module.named_buffers())
+    expected = reference.relative_position_index(config.window_size)
+    got = buffers.get("relative_position_index")
+    assert got is not None, "the module has no relative_position_index buffer"
+    np.testing.assert_array_equal(got.cpu().numpy(), expected, err_msg="relative_position_index")
+    if config.use_temporal:
+        got = buffers.get("t_relative_coords")
+        assert got is not None, "the module has no t_relative_coords buffer"
+        expected = reference.temporal_relative_index(config.num_ttokens).reshape(-1)
+        np.testing.assert_array_equal(got.cpu().numpy().reshape(-1), expected, err_msg="t_relative_coords")
+
+
+@register(KIND, cases)
+def forward_matches_oracle(impl, case, device, dtype):
+    """Eval-mode output equals the float64 oracle on the same (dtype-rounded) inputs, within the tolerance
+    policy: spatial with and without a window mask, and temporal."""
+    case = rounded_case(case, dtype)
+    expected = case.oracle_output()
+    actual = forward(_run(impl, case, device, dtype), case, device, dtype)
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output")
+
+
+@register(KIND, cases)
+def gradients_match_oracle(impl, case, device, dtype):
+    """Gradients of sum(out * grad_out) with respect to x, both linears and both bias tables equal the oracle's
+    hand-written VJP (the table gradient is a scatter-add over the index)."""
+    case = rounded_case(case, dtype)
+    expected = case.oracle_vjp()
+    actual = gradients(_run(impl, case, device, dtype, train=True), case, device, dtype)
+    baseline = gradients(_run(EAGER, case, device, dtype, train=True), case, device, dtype)
+    for name, grad in expected.items():
+        assert name in actual, f"no gradient for {name!r}"
+        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"grad of {name}")
+
+
+@register(KIND, with_qkv_bias, dtypes=HIGH)
+def softmax_rows_sum_to_one(impl, case, device, dtype):
+    """Attention rows are normalized, seen black-box: when every value vector is the same vector u (v weights
+    zero, v bias u), every output token is proj(u), whatever the logits, bias and mask."""
+    c = case.config.dim
+    params = dict(case.params)
+    params["qkv.weight"] = params["qkv.weight"].copy()
+    params["qkv.weight"][2 * c :] = 0.0
+    case = rounded_case(case.with_arrays(params=params), dtype)
+    u = case.params["qkv.bias"][2 * c :]
+    expected = np.broadcast_to(case.params["proj.weight"] @ u + case.params["proj.bias"], case.x.shape)
+    actual = forward(_run(impl, case, device, dtype), case, device, dtype)
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output with constant values")
+
+
+def attention_probabilities(impl, case, device, dtype) -> np.ndarray:
+    """Read the attention probabilities ``(nW, nH, N, N)`` out of a module, black-box.
+
+    With q = k = 0 the logits are bias (+ mask) alone; with v = x and proj = identity, output channel ``h*d``
+    of token i is ``sum_j P[h, i, j] * x[j, h*d]``. Feeding row ``r = j*nW + w`` a one at token j (and zeros
+    elsewhere) makes row r's output read column j of window w's probabilities.
+    """
+    cfg, n, n_windows = case.config, case.n_tokens, case.n_windows
+    c = cfg.dim
+    params = dict(case.params)
+    params["qkv.weight"] = np.concatenate([np.zeros((2 * c, c)), np.eye(c)])
+    params["proj.weight"] = np.eye(c)
+    params["proj.bias"] = np.zeros(c)
+    if cfg.qkv_bias:
+        params["qkv.bias"] = np.zeros(3 * c)
+    x = np.zeros((n * n_windows, n, c))
+    for j in range(n):
+        x[j * n_windows : (j + 1) * n_windows, j, :] = 1.0
+    module = build(impl, cfg, params, device, dtype)
+    out = forward(module, case, device, dtype, x=x).detach().double().cpu().numpy()
+    out = out[:, :, :: cfg.head_dim].reshape(n, n_windows, n, cfg.num_heads)  # [j, w, i, h]
+    return np.einsum("jwih->whij", out)
+
+
+@register(KIND, cases, dtypes=HIGH)
+def probabilities_match_oracle(impl, case, device, dtype):
+    """The attention probabilities read out of the module black-box equal the oracle's softmax(bias + mask[w]):
+    the bias really is table[index], and window w gets mask[w]."""
+    case = rounded_case(case, dtype)
+    zero_qkv = {"qkv.weight": np.zeros_like(case.params["qkv.weight"])}
+    if "qkv.bias" in case.params:
+        zero_qkv["qkv.bias"] = np.zeros_like(case.params["qkv.bias"])
+    oracle = reference.window_attention_stages(
+        np.zeros((case.n_windows, case.n_tokens, case.config.dim)), {**case.params, **zero_qkv}, **case.oracle_kwargs()
+    )
+    expected = oracle.probs  # q = k = 0, so only bias and mask act; rows 0..nW-1 are windows 0..nW-1
+    actual = attention_probabilities(impl, case, device, dtype)
+    baseline = attention_probabilities(EAGER, case, device, dtype)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="attention probabilities")
+    assert (actual >= 0).all(), "negative attention probability"
+
+
+@register(KIND, temporal_cases, dtypes=FLOAT64)
+def temporal_attention_is_bidirectional_and_offset_biased(impl, case, device, dtype):
+    """Temporal mode: every frame attends to every frame, earlier and later (no causal mask), and the bias
+    between frames i and j depends on i - j only (log-probability differences are constant along diagonals)."""
+    probs = attention_probabilities(impl, case, device, dtype)[0]  # (nH, T, T)
+    assert (probs > 0).all(), f"some frame does not attend to another: min probability {probs.min():.3g}"
+    baseline = attention_probabilities(EAGER, case, device, dtype)[0]
+
+    def diagonal_steps(p):
+        # log p[i, j] = bias(i - j) - log Z_i. Steps along a diagonal, log p[i+1, j+1] - log p[i, j], then equal
+        # log Z_i - log Z_{i+1} for every j: compare each with the j = 0 step.
+        steps = np.log(p[:, 1:, 1:]) - np.log(p[:, :-1, :-1])  # (nH, T-1, T-1)
+        return steps, np.broadcast_to(steps[:, :, :1], steps.shape)
+
+    steps, same_row_step = diagonal_steps(probs)
+    baseline_steps, baseline_same_row_step = diagonal_steps(baseline)
+    # the naive computation's deviation from the same law sets the tolerance
+    naive = same_row_step + (baseline_steps - baseline_same_row_step)
+    assert_close(steps, same_row_step, baseline=naive, dtype=dtype, what="log-probability steps along diagonals")
+
+
+@register(KIND, masked_cases, dtypes=FLOAT64)
+def mask_window_assignment_is_batch_major(impl, case, device, dtype):
+    """Row b of x (window w = b mod nW of image b // nW) gets mask[w]: each row of a batched call equals the
+    oracle on that row alone with the single-window mask mask[b mod nW] (no modulo logic involved)."""
+    actual = forward(_run(impl, case, device, dtype), case, device, dtype)
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    for b in range(case.x.shape[0]):
+        w = b % case.n_windows
+        expected = reference.window_attention(case.x[b : b + 1], case.params, **{**case.oracle_kwargs(), "mask": case.mask[w : w + 1]})
+        assert_close(actual[b : b + 1], expected, baseline=baseline[b : b + 1], dtype=dtype, what=f"row {b} (window {w})")
+
+
+@register(KIND, rst.window_attention_cases(mask=True), dtypes=HIGH)
+def zero_mask_changes_nothing_and_temporal_ignores_mask(impl, case, device, dtype):
+    """An all-zero window mask gives the unmasked result; in temporal mode any mask is ignored (bit-identical
+    output)."""
+    case = rounded_case(case, dtype)
+    module = _run(impl, case, device, dtype)
+    if case.temporal:
+        with_mask = forward(module, case, device, dtype)
+        without = module(to_tensor(case.x, device, dtype), None, True)
+        assert torch.equal(with_mask, without), "temporal mode output changed when a mask was passed"
+        return
+    zeros = np.zeros_like(case.mask)
+    expected = reference.window_attention(case.x, case.params, **{**case.oracle_kwargs(), "mask": None})
+    actual = forward(module, case, device, dtype, mask=zeros)
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype, mask=zeros)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output with a zero mask")
+
+
+def _current_params(module) -> dict[str, np.ndarray]:
+    return {k: p.detach().double().cpu().numpy() for k, p in module.named_parameters()}
+
+
+@register(KIND, cases, dtypes=HIGH)
+def cached_bias_never_goes_stale(impl, case, device, dtype):
+    """After load_state_dict, an optimizer step, an in-place edit of a bias table, a ``.data`` swap, or an
+    in-place edit of the mask, the output reflects the new values (whatever the implementation caches)."""
+    case = rounded_case(case, dtype)
+    module = _run(impl, case, device, dtype)
+    eager = _run(EAGER, case, device, dtype)
+    mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
+    x = to_tensor(case.x, device, dtype)
+    table = "temporal_position_bias_table" if case.temporal else "relative_position_bias_table"
+    rng = np.random.default_rng(case.seed + 1)
+
+    def check(step):
+        with torch.no_grad():
+            actual = module(x, mask, case.temporal)
+            eager.load_state_dict(dict(module.named_parameters()), strict=False)  # never the module's buffers
+            baseline = eager(x, mask, case.temporal)
+        params = _current_params(module)
+        mask_now = None if mask is None else mask.double().cpu().numpy()
+        expected = reference.window_attention(case.x, params, **{**case.oracle_kwargs(), "mask": mask_now})
+        assert_close(actual, expected, baseline=baseline, dtype=dtype, what=f"output after {step}")
+
+    check("the first call")  # fills any cache
+    fresh = {k: round_to(rng.standard_normal(a.shape), dtype) for k, a in case.params.items()}
+    module.load_state_dict({k: to_tensor(a, device, dtype) for k, a in fresh.items()}, strict=False)
+    check("load_state_dict")
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    module(x, mask, case.temporal).square().sum().backward()
+    optimizer.step()
+    check("an optimizer step")
+    with torch.no_grad():
+        getattr(module, table).mul_(-2.0)
+    check(f"an in-place edit of {table}")
+    getattr(module, table).data = to_tensor(rng.standard_normal(tuple(getattr(module, table).shape)), device, dtype)
+    check(f"a .data swap of {table}")
+    if mask is not None:
+        with torch.no_grad():
+            mask.copy_(to_tensor(rst.random_window_mask(case.n_windows, case.n_tokens, rng), device, dtype))
+        check("an in-place edit of the mask")
+
+
+@register(KIND, with_dropout, dtypes=FLOAT64)
+def dropout_acts_only_in_train_mode(impl, case, device, dtype):
+    """With non-zero dropout rates, eval mode is deterministic and equals the oracle; train mode with a non-zero
+    rate is random (two calls differ) when there are enough attention weights to drop."""
+    module = _run(impl, case, device, dtype)
+    first = forward(module, case, device, dtype)
+    assert torch.equal(first, forward(module, case, device, dtype)), "eval mode is not deterministic"
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    assert_close(first, case.oracle_output(), baseline=baseline, dtype=dtype, what="eval output with dropout set")
+    cfg = case.config
+    n_droppable = case.x.shape[0] * cfg.num_heads * case.n_tokens**2 * (cfg.attn_drop > 0) + case.x.size * (
+        cfg.proj_drop > 0
+    )
+    if n_droppable >= 200:  # two draws at p >= 0.1 coincide on 200 elements with probability < 1e-17
+        module.train()
+        torch.manual_seed(case.seed)
+        a, b = forward(module, case, device, dtype), forward(module, case, device, dtype)
+        assert not torch.equal(a, b), "train mode with dropout gave the same output twice"

@@ -1,0 +1,336 @@
+"""NumPy float64 oracles: short functions, each meant to be checked by reading it.
+
+Semantics follow ``spec.md`` (AIM's ``WindowAttention`` and Swin's index tables). Nothing here imports torch.
+Every array argument may be anything ``np.asarray`` accepts; every result is float64 (index tables int64).
+
+Notation: ``B_`` rows of ``N`` tokens with ``C`` channels, ``nH`` heads of ``d = C // nH`` channels,
+``nW`` windows per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from refimpl import _validate as v
+
+__all__ = [
+    "relative_position_index",
+    "temporal_relative_index",
+    "softmax",
+    "WindowAttentionStages",
+    "window_attention_stages",
+    "window_attention",
+    "window_attention_vjp",
+    "window_attention_flops",
+    "window_partition",
+    "window_reverse",
+    "shifted_window_mask",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Index tables
+# --------------------------------------------------------------------------------------------------
+
+
+def relative_position_index(window_size) -> np.ndarray:
+    """Swin's ``relative_position_index``: int64 ``(Wh*Ww, Wh*Ww)``.
+
+    Token ``p = r*Ww + c``.  Entry ``(i, j)`` is
+    ``(r_i - r_j + Wh - 1) * (2*Ww - 1) + (c_i - c_j + Ww - 1)``, in ``[0, (2Wh-1)(2Ww-1))``.
+    """
+    wh, ww = v.window_pair("window_size", window_size)
+    rows, cols = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")  # 'ij': rows vary slowest
+    rows, cols = rows.reshape(-1), cols.reshape(-1)  # (N,) coordinates of token p = r*Ww + c
+    d_row = rows[:, None] - rows[None, :] + (wh - 1)  # (N, N), in [0, 2Wh-2]
+    d_col = cols[:, None] - cols[None, :] + (ww - 1)  # (N, N), in [0, 2Ww-2]
+    return (d_row * (2 * ww - 1) + d_col).astype(np.int64)
+
+
+def temporal_relative_index(num_ttokens: int) -> np.ndarray:
+    """AIM's temporal index, int64 ``(T, T)`` with entry ``i - j + T - 1`` (in ``[0, 2T-2]``)."""
+    t = v.positive_int("num_ttokens", num_ttokens)
+    i = np.arange(t)[:, None]
+    j = np.arange(t)[None, :]
+    return (i - j + t - 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Window attention
+# --------------------------------------------------------------------------------------------------
+
+
+def softmax(x, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64 (the row maximum is subtracted before ``exp``)."""
+    x = np.asarray(x, dtype=np.float64)
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@dataclass(frozen=True)
+class WindowAttentionStages:
+    """Every intermediate of one oracle forward, float64.
+
+    ``q, k, v``: ``(B_, nH, N, d)`` (``q`` not yet scaled); ``bias``: ``(nH, N, N)``;
+    ``mask_rows``: ``(B_, N, N)`` mask added to each row (zeros when there is no mask);
+    ``logits``: ``(B_, nH, N, N)`` = ``scale * q k^T + bias + mask_rows``; ``probs``: softmax of ``logits``
+    over keys; ``context``: ``(B_, N, C)`` attention output before ``proj``, channels head-major;
+    ``out``: ``(B_, N, C)``.
+    """
+
+    scale: float
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    bias: np.ndarray
+    mask_rows: np.ndarray
+    logits: np.ndarray
+    probs: np.ndarray
+    context: np.ndarray
+    out: np.ndarray
+
+
+def _attention_scale(head_dim: int, qk_scale) -> float:
+    # AIM writes ``qk_scale or head_dim ** -0.5``: a qk_scale of 0 (or None) means the default.
+    return float(qk_scale) if qk_scale else head_dim**-0.5
+
+
+def _relative_bias(params, n_tokens: int, num_heads: int, window_size, temporal: bool) -> np.ndarray:
+    """The additive position bias ``(nH, N, N)``: ``Bias[h, i, j] = table[index[i, j], h]``."""
+    if temporal:
+        table = v.param(params, "temporal_position_bias_table", ndim=2)
+        num_ttokens = (table.shape[0] + 1) // 2
+        v.table_shape("temporal_position_bias_table", table, (2 * num_ttokens - 1, num_heads))
+        if n_tokens != num_ttokens:
+            raise ValueError(
+                f"x has N={n_tokens} tokens but temporal mode needs N == num_ttokens == {num_ttokens} "
+                f"(temporal_position_bias_table has {table.shape[0]} rows = 2*num_ttokens - 1)"
+            )
+        index = temporal_relative_index(num_ttokens)
+    else:
+        wh, ww = v.window_pair("window_size", window_size)
+        table = v.param(params, "relative_position_bias_table", ndim=2)
+        v.table_shape("relative_position_bias_table", table, ((2 * wh - 1) * (2 * ww - 1), num_heads))
+        if n_tokens != wh * ww:
+            raise ValueError(
+                f"x has N={n_tokens} tokens but spatial mode needs N == Wh*Ww == {wh * ww} for window_size={(wh, ww)}"
+            )
+        index = relative_position_index((wh, ww))
+    gathered = table[index]  # (N, N, nH)
+    return np.einsum("ijh->hij", gathered)
+
+
+def _mask_rows(mask, n_rows: int, n_tokens: int) -> np.ndarray:
+    """The mask each of the ``B_`` rows receives: row ``b`` gets ``mask[b mod nW]`` (batch-major rows)."""
+    if mask is None:
+        return np.zeros((n_rows, n_tokens, n_tokens))
+    mask = v.window_mask("mask", mask, n_rows=n_rows, n_tokens=n_tokens)
+    window_of_row = np.arange(n_rows) % mask.shape[0]
+    return mask[window_of_row]
+
+
+def window_attention_stages(
+    x, params: Mapping, *, num_heads: int, window_size, mask=None, temporal: bool = False, qk_scale=None
+) -> WindowAttentionStages:
+    """AIM ``WindowAttention.forward`` in float64, keeping every intermediate (eval mode: no dropout).
+
+    ``x``: ``(B_, N, C)``. Spatial mode: ``N == Wh*Ww``, optional ``mask`` ``(nW, N, N)`` with ``B_ % nW == 0``.
+    Temporal mode: ``N == num_ttokens`` (read off the temporal table), and ``mask`` is ignored, as upstream.
+    """
+    x = v.array3d("x", x)
+    n_rows, n_tokens, channels = x.shape
+    num_heads = v.positive_int("num_heads", num_heads)
+    head_dim = v.head_dim(channels, num_heads)
+    w_qkv, b_qkv = v.linear_params(params, "qkv", in_features=channels, out_features=3 * channels)
+    w_proj, b_proj = v.linear_params(params, "proj", in_features=channels, out_features=channels)
+    if not temporal:
+        v.window_pair("window_size", window_size)
+
+    bias = _relative_bias(params, n_tokens, num_heads, window_size, temporal)
+    mask_rows = np.zeros((n_rows, n_tokens, n_tokens)) if temporal else _mask_rows(mask, n_rows, n_tokens)
+    scale = _attention_scale(head_dim, qk_scale)
+
+    qkv = np.einsum("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
+    qkv = qkv.reshape(n_rows, n_tokens, 3, num_heads, head_dim)
+    q, k, val = (np.einsum("bnhe->bhne", qkv[:, :, s]) for s in range(3))  # each (B_, nH, N, d)
+
+    logits = scale * np.einsum("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
+    probs = softmax(logits, axis=-1)
+    context = np.einsum("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
+    out = np.einsum("bnc,oc->bno", context, w_proj) + b_proj
+    return WindowAttentionStages(scale, q, k, val, bias, mask_rows, logits, probs, context, out)
+
+
+def window_attention(
+    x, params: Mapping, *, num_heads: int, window_size, mask=None, temporal: bool = False, qk_scale=None
+) -> np.ndarray:
+    """AIM ``WindowAttention.forward(x, mask, temporal)`` in float64: ``(B_, N, C) -> (B_, N, C)``.
+
+    ``params`` maps AIM state-dict keys to arrays (``qkv.weight``, ``qkv.bias`` unless qkv_bias is off,
+    ``proj.weight``, ``proj.bias``, ``relative_position_bias_table``, ``temporal_position_bias_table``).
+    Index buffers in ``params`` are ignored: the oracle derives its own.
+    """
+    return window_attention_stages(
+        x, params, num_heads=num_heads, window_size=window_size, mask=mask, temporal=temporal, qk_scale=qk_scale
+    ).out
+
+
+def window_attention_vjp(
+    x,
+    params: Mapping,
+    *,
+    num_heads: int,
+    window_size,
+    mask=None,
+    temporal: bool = False,
+    qk_scale=None,
+    grad_out,
+) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(window_attention(x, params, ...) * grad_out)``, written out by hand.
+
+    Returns ``{"x": (B_, N, C), key: array shaped like params[key] for every key of params}``; keys the
+    output does not depend on (the unused bias table, index buffers) get zeros.
+    """
+    st = window_attention_stages(
+        x, params, num_heads=num_heads, window_size=window_size, mask=mask, temporal=temporal, qk_scale=qk_scale
+    )
+    x = np.asarray(x, dtype=np.float64)
+    n_rows, n_tokens, channels = x.shape
+    head_dim = channels // num_heads
+    g_out = np.asarray(grad_out, dtype=np.float64)
+    if g_out.shape != st.out.shape:
+        raise ValueError(f"grad_out has shape {g_out.shape}, expected the output's shape {st.out.shape}")
+
+    # out = context @ Wp^T + bp
+    w_proj = np.asarray(params["proj.weight"], dtype=np.float64)
+    g_w_proj = np.einsum("bno,bnc->oc", g_out, st.context)
+    g_b_proj = g_out.sum(axis=(0, 1))
+    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
+
+    # context[b, i, h, e] = sum_j probs[b, h, i, j] * v[b, h, j, e]
+    g_probs = np.einsum("bihe,bhje->bhij", g_context, st.v)
+    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
+
+    # softmax over j: dL/dlogit = p * (dL/dp - sum_j p * dL/dp)
+    g_logits = st.probs * (g_probs - np.sum(st.probs * g_probs, axis=-1, keepdims=True))
+
+    # logits = scale * q k^T + bias + mask  (the mask is an input, not a parameter)
+    g_q = st.scale * np.einsum("bhij,bhje->bhie", g_logits, st.k)
+    g_k = st.scale * np.einsum("bhij,bhie->bhje", g_logits, st.q)
+    g_bias = g_logits.sum(axis=0)  # (nH, N, N)
+
+    # qkv[b, n, s, h, e] -> q/k/v[b, h, n, e]
+    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2)
+    g_qkv = g_qkv.reshape(n_rows, n_tokens, 3 * channels)
+    w_qkv = np.asarray(params["qkv.weight"], dtype=np.float64)
+    grads = {
+        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
+        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
+        "qkv.bias": g_qkv.sum(axis=(0, 1)),
+        "proj.weight": g_w_proj,
+        "proj.bias": g_b_proj,
+    }
+
+    # Bias[h, i, j] = table[index[i, j], h], so the table gradient scatter-adds over the index.
+    if temporal:
+        table_key = "temporal_position_bias_table"
+        index = temporal_relative_index(n_tokens)
+    else:
+        table_key = "relative_position_bias_table"
+        index = relative_position_index(window_size)
+    g_table = np.zeros(np.shape(params[table_key]))
+    for i in range(n_tokens):
+        for j in range(n_tokens):
+            g_table[index[i, j]] += g_bias[:, i, j]
+    grads[table_key] = g_table
+
+    result = {"x": grads["x"]}
+    for key in params:
+        result[key] = grads[key] if key in grads else np.zeros(np.shape(params[key]))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Windows and the shifted-window mask
+# --------------------------------------------------------------------------------------------------
+
+
+def window_partition(x, window_size: int) -> np.ndarray:
+    """``(B, H, W, C) -> (B*nW, ws, ws, C)``; window row ``b*nW + wr*(W//ws) + wc`` (batch-major)."""
+    x = np.asarray(x, dtype=np.float64)
+    ws = v.positive_int("window_size", window_size)
+    b, h, w, c = x.shape
+    if h % ws or w % ws:
+        raise ValueError(f"H={h} and W={w} must be multiples of window_size={ws}")
+    windows = [
+        x[i, r * ws : (r + 1) * ws, q * ws : (q + 1) * ws]
+        for i in range(b)
+        for r in range(h // ws)
+        for q in range(w // ws)
+    ]
+    return np.stack(windows).reshape(-1, ws, ws, c)
+
+
+def window_reverse(windows, window_size: int, H: int, W: int) -> np.ndarray:
+    """Inverse of ``window_partition``: ``(B*nW, ws, ws, C) -> (B, H, W, C)``."""
+    windows = np.asarray(windows, dtype=np.float64)
+    ws = v.positive_int("window_size", window_size)
+    per_image = (H // ws) * (W // ws)
+    b = windows.shape[0] // per_image
+    x = np.zeros((b, H, W, windows.shape[-1]))
+    for n in range(windows.shape[0]):
+        i, rest = divmod(n, per_image)
+        r, q = divmod(rest, W // ws)
+        x[i, r * ws : (r + 1) * ws, q * ws : (q + 1) * ws] = windows[n]
+    return x
+
+
+def _band(position: int, size: int, window_size: int, shift_size: int) -> int:
+    """Swin's slices over one axis of the rolled map: [0, size-ws), [size-ws, size-s), [size-s, size)."""
+    if position < size - window_size:
+        return 0
+    return 1 if position < size - shift_size else 2
+
+
+def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, fill: float = -100.0) -> np.ndarray:
+    """Swin's shifted-window attention mask ``(nW, ws*ws, ws*ws)``: 0 between tokens of the same region of the
+    rolled map, ``fill`` between regions (tokens that are neighbours only through the cyclic roll)."""
+    H, W = v.positive_int("H", H), v.positive_int("W", W)
+    ws = v.positive_int("window_size", window_size)
+    if isinstance(shift_size, bool) or not isinstance(shift_size, int) or not 0 <= shift_size < ws:
+        raise ValueError(f"shift_size must be an int in [0, window_size={ws}), got {shift_size!r}")
+    if ws > min(H, W):
+        raise ValueError(f"window_size={ws} is larger than the map ({H}x{W})")
+    region = np.zeros((1, H, W, 1))
+    if shift_size > 0:
+        for r in range(H):
+            for c in range(W):
+                region[0, r, c, 0] = 3 * _band(r, H, ws, shift_size) + _band(c, W, ws, shift_size)
+    labels = window_partition(region, ws).reshape(-1, ws * ws)  # (nW, N)
+    same_region = labels[:, None, :] == labels[:, :, None]
+    return np.where(same_region, 0.0, float(fill))
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOP formulas
+# --------------------------------------------------------------------------------------------------
+
+
+def window_attention_flops(dim: int, num_heads: int, N: int, T: int, temporal: bool = False) -> int:
+    """AIM's ``WindowAttention.flops(N, T, temporal)``: multiply-accumulates (MACs) of ``q@k^T`` and
+    ``attn@v`` only (qkv and proj are commented out upstream).
+
+    ``N`` is tokens per spatial window (ws^2), ``T`` the number of temporal tokens. Temporal:
+    ``2*C*N*T^2``; spatial: ``2 * nH * (C // nH) * N^2 * T``. The floor division is upstream's: it silently
+    undercounts when ``dim % num_heads != 0`` (a configuration whose forward cannot run).
+    """
+    dim, num_heads = v.positive_int("dim", dim), v.positive_int("num_heads", num_heads)
+    N, T = v.positive_int("N", N), v.positive_int("T", T)
+    if temporal:
+        return dim * N * T * T * 2
+    head_dim = dim // num_heads
+    return num_heads * N * head_dim * N * T + num_heads * N * N * head_dim * T

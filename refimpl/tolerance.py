@@ -1,0 +1,138 @@
+"""The one tolerance policy. Every property and ``refimpl verify`` compare through ``assert_close`` here.
+
+A result computed in dtype ``D`` is compared with the float64 oracle run on the *same* (already ``D``-rounded)
+inputs. The allowed max-abs error is
+
+    bound = max(MULTIPLE * baseline_error,  FLOOR_ULPS * eps(D) * max|oracle|)
+
+where ``baseline_error`` is the max-abs error of a naive same-dtype torch computation of the same thing
+(``refimpl.eager``: gather, matmul, add, softmax, matmul) on the same inputs. The first term scales with what
+the dtype can honestly deliver for this very input (long rows, large logits and cancellation all raise it); the
+floor keeps the bound from collapsing when the naive computation happens to be exact.
+
+Why these numbers (``python -m refimpl.tolerance_study --cases 400``, CPU, torch 2.13; table in the README):
+
+* correct implementations (refimpl's SDPA module forward and gradients, and a variant that scales after
+  ``q @ k^T``) stayed at or below 6.7x the naive error in every dtype (4.9x without that bfloat16 variant),
+  and within 18.4 ulps of max|oracle|;
+* the smallest real bug measured, a float32 module whose softmax runs in bfloat16, was at least 3351x the naive
+  error and 4177 ulps on every input where it can show (N > 1); a float64 module that silently computes in
+  float32 was at least 1.2e8x.
+
+``MULTIPLE = 16`` leaves a 2.4x margin above the worst correct result and about 200x below that bug;
+``FLOOR_ULPS = 32`` is 1.7x the largest correct ulp count and 130x below the bug. What the policy cannot see: a
+bfloat16 softmax inside a *float16* module (1.1x the naive float16 error, whose own rounding is as large).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MULTIPLE", "FLOOR_ULPS", "FINITE_DIFFERENCE_STEP", "FINITE_DIFFERENCE_RTOL", "eps", "error_bound", "assert_close", "Comparison", "compare"]
+
+MULTIPLE = 16.0
+FLOOR_ULPS = 32.0
+
+# Checking the oracle's hand-written gradients against central differences (float64, step 1e-6): truncation
+# error ~ h^2 = 1e-12 and cancellation error ~ eps / h = 2e-10, relative to the loss scale.
+FINITE_DIFFERENCE_STEP = 1e-6
+FINITE_DIFFERENCE_RTOL = 1e-6
+
+_EPS = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+}
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float32`` / ``np.float32`` / ``"float32"`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def eps(dtype) -> float:
+    """Machine epsilon (spacing of 1.0) of a float dtype given as torch dtype, NumPy dtype or name."""
+    name = dtype_name(np.dtype(dtype).name if isinstance(dtype, type) else dtype)
+    try:
+        return _EPS[name]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(_EPS)}, got {dtype!r}") from None
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor, without importing torch here
+        a = a.detach().to("cpu")
+        if not a.dtype.is_floating_point or a.dtype.itemsize < 4:
+            a = a.double()
+        a = a.numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def error_bound(expected, baseline, dtype) -> float:
+    """The allowed max-abs error for a ``dtype`` result whose float64 oracle value is ``expected`` and whose
+    naive same-dtype computation gave ``baseline``."""
+    expected, baseline = _to_numpy(expected), _to_numpy(baseline)
+    baseline_error = float(np.max(np.abs(baseline - expected), initial=0.0))
+    magnitude = float(np.max(np.abs(expected), initial=0.0))
+    return max(MULTIPLE * baseline_error, FLOOR_ULPS * eps(dtype) * magnitude)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Outcome of one comparison; ``ok`` says whether ``max_error <= bound``."""
+
+    what: str
+    dtype: str
+    max_error: float
+    mean_error: float
+    bound: float
+    baseline_error: float
+    worst_index: tuple
+    actual_at_worst: float
+    expected_at_worst: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_error <= self.bound)  # NaN compares False: a NaN never passes
+
+    def message(self) -> str:
+        return (
+            f"{self.what} ({self.dtype}): max abs error {self.max_error:.3g} > allowed {self.bound:.3g} "
+            f"(= max({MULTIPLE:g} x naive {self.dtype} error {self.baseline_error:.3g}, "
+            f"{FLOOR_ULPS:g} ulps of max|expected|)); mean abs error {self.mean_error:.3g}; "
+            f"worst at index {self.worst_index}: got {self.actual_at_worst!r}, expected {self.expected_at_worst!r}"
+        )
+
+
+def compare(actual, expected, *, baseline, dtype, what: str = "result") -> Comparison:
+    actual, expected = _to_numpy(actual), _to_numpy(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {actual.shape} != expected {expected.shape}")
+    diff = np.abs(actual - expected)
+    if diff.size == 0:
+        return Comparison(what, dtype_name(dtype), 0.0, 0.0, 0.0, 0.0, (), float("nan"), float("nan"))
+    nan_aware = np.where(np.isnan(diff), np.inf, diff)
+    worst = np.unravel_index(int(np.argmax(nan_aware)), diff.shape)
+    baseline = _to_numpy(baseline)
+    return Comparison(
+        what=what,
+        dtype=dtype_name(dtype),
+        max_error=float(nan_aware[worst]),
+        mean_error=float(np.mean(nan_aware)),
+        bound=error_bound(expected, baseline, dtype),
+        baseline_error=float(np.max(np.abs(baseline - expected))),
+        worst_index=tuple(int(i) for i in worst),
+        actual_at_worst=float(actual[worst]),
+        expected_at_worst=float(expected[worst]),
+    )
+
+
+def assert_close(actual, expected, *, baseline, dtype, what: str = "result") -> Comparison:
+    """Raise ``AssertionError`` with a readable message unless ``actual`` is within the policy's bound."""
+    result = compare(actual, expected, baseline=baseline, dtype=dtype, what=what)
+    if not result.ok:
+        raise AssertionError(result.message())
+    return result
