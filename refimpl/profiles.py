@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 settings.register_profile("dev", max_examples=25, **_COMMON)
-settings.register_profile("ci", max_examples=60, derandomize=True, database=None, print_blob=True, **_COMMON)
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, print_blob=True, **_COMMON)
 settings.register_profile("thorough", max_examples=2000, **_COMMON)
 
 PROFILES = ("dev", "ci", "thorough")

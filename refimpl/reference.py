@@ -24,6 +24,7 @@ __all__ = [
     "window_attention_stages",
     "window_attention",
     "window_attention_vjp",
+    "window_attention_vjp_magnitudes",
     "window_attention_flops",
     "window_partition",
     "window_reverse",
@@ -252,6 +253,43 @@ def window_attention_vjp(
     for key in params:
         result[key] = grads[key] if key in grads else np.zeros(np.shape(params[key]))
     return result
+
+
+def window_attention_vjp_magnitudes(
+    x, params: Mapping, *, num_heads: int, window_size, mask=None, temporal: bool = False, qk_scale=None, grad_out
+) -> dict[str, np.ndarray]:
+    """The cancellation-free size of each gradient of ``window_attention_vjp``: the same steps with every
+    factor replaced by its absolute value and every difference by a sum. Rounding noise in any order of
+    evaluation is a few ulps of these, even where the gradient itself cancels to ~0 (a softmax row whose mass
+    sits on one key, e.g. behind a -100 mask). Used by the tolerance policy as the floor's magnitude."""
+    st = window_attention_stages(
+        x, params, num_heads=num_heads, window_size=window_size, mask=mask, temporal=temporal, qk_scale=qk_scale
+    )
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    n_rows, n_tokens, channels = x.shape
+    head_dim = channels // num_heads
+    g_out = np.abs(np.asarray(grad_out, dtype=np.float64))
+    w_proj = np.abs(np.asarray(params["proj.weight"], dtype=np.float64))
+    w_qkv = np.abs(np.asarray(params["qkv.weight"], dtype=np.float64))
+    q, k, val, context = np.abs(st.q), np.abs(st.k), np.abs(st.v), np.abs(st.context)
+
+    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
+    g_probs = np.einsum("bihe,bhje->bhij", g_context, val)
+    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
+    g_logits = st.probs * (g_probs + np.sum(st.probs * g_probs, axis=-1, keepdims=True))
+    g_q = abs(st.scale) * np.einsum("bhij,bhje->bhie", g_logits, k)
+    g_k = abs(st.scale) * np.einsum("bhij,bhie->bhje", g_logits, q)
+    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2).reshape(n_rows, n_tokens, -1)
+    table_key = "temporal_position_bias_table" if temporal else "relative_position_bias_table"
+    magnitudes = {
+        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
+        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
+        "qkv.bias": g_qkv.sum(axis=(0, 1)),
+        "proj.weight": np.einsum("bno,bnc->oc", g_out, context),
+        "proj.bias": g_out.sum(axis=(0, 1)),
+        table_key: np.full(np.shape(params[table_key]), g_logits.sum(axis=0).max()),
+    }
+    return {key: magnitudes[key] if key in magnitudes else np.zeros(np.shape(params[key])) for key in ["x", *params]}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -192,6 +192,11 @@ class WindowAttentionCase:
     def oracle_vjp(self) -> dict[str, np.ndarray]:
         return reference.window_attention_vjp(self.x, self.params, **self.oracle_kwargs(), grad_out=self.grad_out)
 
+    def oracle_vjp_magnitudes(self) -> dict[str, np.ndarray]:
+        return reference.window_attention_vjp_magnitudes(
+            self.x, self.params, **self.oracle_kwargs(), grad_out=self.grad_out
+        )
+
 
 @st.composite
 def window_attention_cases(

@@ -138,11 +138,13 @@ def gradients_match_oracle(impl, case, device, dtype):
     hand-written VJP (the table gradient is a scatter-add over the index)."""
     case = rounded_case(case, dtype)
     expected = case.oracle_vjp()
+    magnitudes = case.oracle_vjp_magnitudes()  # the floor counts ulps of the terms, not of a cancelled result
     actual = gradients(_run(impl, case, device, dtype, train=True), case, device, dtype)
     baseline = gradients(_run(EAGER, case, device, dtype, train=True), case, device, dtype)
     for name, grad in expected.items():
         assert name in actual, f"no gradient for {name!r}"
-        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"grad of {name}")
+        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"grad of {name}",
+                     magnitude=float(np.max(magnitudes[name], initial=0.0)))
 
 
 @register(KIND, with_qkv_bias, dtypes=HIGH)
@@ -284,8 +286,10 @@ def cached_bias_never_goes_stale(impl, case, device, dtype):
     fresh = {k: round_to(rng.standard_normal(a.shape), dtype) for k, a in case.params.items()}
     module.load_state_dict({k: to_tensor(a, device, dtype) for k, a in fresh.items()}, strict=False)
     check("load_state_dict")
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
-    module(x, mask, case.temporal).square().sum().backward()
+    # a gentle step on a linear loss: it moves every parameter, and keeps logits in the moderate range where
+    # the comparison is about staleness, not about the conditioning of exploded weights
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    (module(x, mask, case.temporal) * to_tensor(case.grad_out, device, dtype)).sum().backward()
     optimizer.step()
     check("an optimizer step")
     with torch.no_grad():
