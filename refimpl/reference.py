@@ -180,6 +180,58 @@ def window_attention(
     ).out
 
 
+def _backward(st: WindowAttentionStages, x, params: Mapping, grad_out, *, absolute: bool) -> dict[str, np.ndarray]:
+    """The backward pass of ``window_attention_stages`` for the loss ``sum(out * grad_out)``, step by step.
+
+    Returns the gradients of x, the linears and the bias ``(nH, N, N)`` under ``"bias"``. With ``absolute``,
+    every factor is replaced by its absolute value and every difference by a sum: the cancellation-free size
+    of each gradient, computed by the very same steps."""
+    size = np.abs if absolute else np.asarray
+    x = size(np.asarray(x, dtype=np.float64))
+    n_rows, n_tokens, channels = x.shape
+    num_heads, head_dim = st.q.shape[1], st.q.shape[3]
+    g_out = size(np.asarray(grad_out, dtype=np.float64))
+    if g_out.shape != st.out.shape:
+        raise ValueError(f"grad_out has shape {g_out.shape}, expected the output's shape {st.out.shape}")
+    w_proj = size(np.asarray(params["proj.weight"], dtype=np.float64))
+    w_qkv = size(np.asarray(params["qkv.weight"], dtype=np.float64))
+    q, k, val, context, scale = size(st.q), size(st.k), size(st.v), size(st.context), size(st.scale)
+
+    # out = context @ Wp^T + bp
+    g_w_proj = np.einsum("bno,bnc->oc", g_out, context)
+    g_b_proj = g_out.sum(axis=(0, 1))
+    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
+
+    # context[b, i, h, e] = sum_j probs[b, h, i, j] * v[b, h, j, e]
+    g_probs = np.einsum("bihe,bhje->bhij", g_context, val)
+    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
+
+    # softmax over j: dL/dlogit = p * (dL/dp - sum_j p * dL/dp)
+    row_term = np.sum(st.probs * g_probs, axis=-1, keepdims=True)
+    g_logits = st.probs * (g_probs + row_term if absolute else g_probs - row_term)
+
+    # logits = scale * q k^T + bias + mask  (the mask is an input, not a parameter)
+    g_q = scale * np.einsum("bhij,bhje->bhie", g_logits, k)
+    g_k = scale * np.einsum("bhij,bhie->bhje", g_logits, q)
+
+    # qkv[b, n, s, h, e] -> q/k/v[b, h, n, e]
+    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2)
+    g_qkv = g_qkv.reshape(n_rows, n_tokens, 3 * channels)
+    return {
+        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
+        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
+        "qkv.bias": g_qkv.sum(axis=(0, 1)),
+        "proj.weight": g_w_proj,
+        "proj.bias": g_b_proj,
+        "bias": g_logits.sum(axis=0),  # (nH, N, N)
+    }
+
+
+def _per_key(grads: dict, params: Mapping) -> dict[str, np.ndarray]:
+    """``"x"`` and one entry per key of ``params``; keys the output does not depend on get zeros."""
+    return {key: grads[key] if key in grads else np.zeros(np.shape(params[key])) for key in ["x", *params]}
+
+
 def window_attention_vjp(
     x,
     params: Mapping,
@@ -199,44 +251,11 @@ def window_attention_vjp(
     st = window_attention_stages(
         x, params, num_heads=num_heads, window_size=window_size, mask=mask, temporal=temporal, qk_scale=qk_scale
     )
-    x = np.asarray(x, dtype=np.float64)
-    n_rows, n_tokens, channels = x.shape
-    head_dim = channels // num_heads
-    g_out = np.asarray(grad_out, dtype=np.float64)
-    if g_out.shape != st.out.shape:
-        raise ValueError(f"grad_out has shape {g_out.shape}, expected the output's shape {st.out.shape}")
-
-    # out = context @ Wp^T + bp
-    w_proj = np.asarray(params["proj.weight"], dtype=np.float64)
-    g_w_proj = np.einsum("bno,bnc->oc", g_out, st.context)
-    g_b_proj = g_out.sum(axis=(0, 1))
-    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
-
-    # context[b, i, h, e] = sum_j probs[b, h, i, j] * v[b, h, j, e]
-    g_probs = np.einsum("bihe,bhje->bhij", g_context, st.v)
-    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
-
-    # softmax over j: dL/dlogit = p * (dL/dp - sum_j p * dL/dp)
-    g_logits = st.probs * (g_probs - np.sum(st.probs * g_probs, axis=-1, keepdims=True))
-
-    # logits = scale * q k^T + bias + mask  (the mask is an input, not a parameter)
-    g_q = st.scale * np.einsum("bhij,bhje->bhie", g_logits, st.k)
-    g_k = st.scale * np.einsum("bhij,bhie->bhje", g_logits, st.q)
-    g_bias = g_logits.sum(axis=0)  # (nH, N, N)
-
-    # qkv[b, n, s, h, e] -> q/k/v[b, h, n, e]
-    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2)
-    g_qkv = g_qkv.reshape(n_rows, n_tokens, 3 * channels)
-    w_qkv = np.asarray(params["qkv.weight"], dtype=np.float64)
-    grads = {
-        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
-        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
-        "qkv.bias": g_qkv.sum(axis=(0, 1)),
-        "proj.weight": g_w_proj,
-        "proj.bias": g_b_proj,
-    }
+    grads = _backward(st, x, params, grad_out, absolute=False)
+    g_bias = grads.pop("bias")
 
     # Bias[h, i, j] = table[index[i, j], h], so the table gradient scatter-adds over the index.
+    n_tokens = st.out.shape[1]
     if temporal:
         table_key = "temporal_position_bias_table"
         index = temporal_relative_index(n_tokens)
@@ -248,11 +267,7 @@ def window_attention_vjp(
         for j in range(n_tokens):
             g_table[index[i, j]] += g_bias[:, i, j]
     grads[table_key] = g_table
-
-    result = {"x": grads["x"]}
-    for key in params:
-        result[key] = grads[key] if key in grads else np.zeros(np.shape(params[key]))
-    return result
+    return _per_key(grads, params)
 
 
 def window_attention_vjp_magnitudes(
@@ -261,35 +276,16 @@ def window_attention_vjp_magnitudes(
     """The cancellation-free size of each gradient of ``window_attention_vjp``: the same steps with every
     factor replaced by its absolute value and every difference by a sum. Rounding noise in any order of
     evaluation is a few ulps of these, even where the gradient itself cancels to ~0 (a softmax row whose mass
-    sits on one key, e.g. behind a -100 mask). Used by the tolerance policy as the floor's magnitude."""
+    sits on one key, e.g. behind a -100 mask). Used by the tolerance policy as the floor's magnitude; a bias
+    table gets the largest bias-entry size for all of its rows."""
     st = window_attention_stages(
         x, params, num_heads=num_heads, window_size=window_size, mask=mask, temporal=temporal, qk_scale=qk_scale
     )
-    x = np.abs(np.asarray(x, dtype=np.float64))
-    n_rows, n_tokens, channels = x.shape
-    head_dim = channels // num_heads
-    g_out = np.abs(np.asarray(grad_out, dtype=np.float64))
-    w_proj = np.abs(np.asarray(params["proj.weight"], dtype=np.float64))
-    w_qkv = np.abs(np.asarray(params["qkv.weight"], dtype=np.float64))
-    q, k, val, context = np.abs(st.q), np.abs(st.k), np.abs(st.v), np.abs(st.context)
-
-    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
-    g_probs = np.einsum("bihe,bhje->bhij", g_context, val)
-    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
-    g_logits = st.probs * (g_probs + np.sum(st.probs * g_probs, axis=-1, keepdims=True))
-    g_q = abs(st.scale) * np.einsum("bhij,bhje->bhie", g_logits, k)
-    g_k = abs(st.scale) * np.einsum("bhij,bhie->bhje", g_logits, q)
-    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2).reshape(n_rows, n_tokens, -1)
+    magnitudes = _backward(st, x, params, grad_out, absolute=True)
+    g_bias = magnitudes.pop("bias")
     table_key = "temporal_position_bias_table" if temporal else "relative_position_bias_table"
-    magnitudes = {
-        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
-        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
-        "qkv.bias": g_qkv.sum(axis=(0, 1)),
-        "proj.weight": np.einsum("bno,bnc->oc", g_out, context),
-        "proj.bias": g_out.sum(axis=(0, 1)),
-        table_key: np.full(np.shape(params[table_key]), g_logits.sum(axis=0).max()),
-    }
-    return {key: magnitudes[key] if key in magnitudes else np.zeros(np.shape(params[key])) for key in ["x", *params]}
+    magnitudes[table_key] = np.full(np.shape(params[table_key]), g_bias.max())
+    return _per_key(magnitudes, params)
 
 
 # --------------------------------------------------------------------------------------------------
