@@ -2,6 +2,8 @@
 
 ``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation
 (a class or factory with AIM's constructor); the default is ``refimpl.optimized:WindowAttention``.
+``--shifted-window-mask-impl MODULE:ATTR`` does the same for the mask generator
+(``(H, W, window_size, shift_size) -> (nW, N, N)``); the default is ``refimpl.optimized:shifted_window_mask``.
 """
 
 import os
@@ -21,8 +23,18 @@ def pytest_addoption(parser):
         default="refimpl.optimized:WindowAttention",
         help="MODULE:ATTR of the window-attention implementation under test",
     )
+    parser.addoption(
+        "--shifted-window-mask-impl",
+        default="refimpl.optimized:shifted_window_mask",
+        help="MODULE:ATTR of the shifted-window mask function under test",
+    )
 
 
 @pytest.fixture(scope="session")
 def window_attention_impl(request):
     return load_implementation("window_attention", request.config.getoption("--window-attention-impl"))
+
+
+@pytest.fixture(scope="session")
+def shifted_window_mask_impl(request):
+    return load_implementation("shifted_window_mask", request.config.getoption("--shifted-window-mask-impl"))

@@ -80,5 +80,84 @@ def test_non_tensor_and_integer_inputs():
         module(np.zeros((1, 4, 8)))
     with pytest.raises(TypeError, match="floating dtype"):
         module(torch.zeros(1, 4, 8, dtype=torch.int64))
-    with pytest.raises(TypeError, match="mask must be a floating"):
-        module(torch.zeros(1, 4, 8), torch.zeros(1, 4, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask must be a floating additive mask .* or a boolean"):
+        module(torch.zeros(1, 4, 8), torch.zeros(1, 4, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="mask must be a floating additive mask .* or a boolean"):
+        reference.window_attention(np.zeros((1, 4, 8)), _oracle_params({}), num_heads=2, window_size=(2, 2),
+                                   mask=np.zeros((1, 4, 4), dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifted windows: geometry, fill, windows, masks
+# --------------------------------------------------------------------------------------------------
+
+from refimpl import optimized  # noqa: E402
+
+# name: ((H, W, window_size, shift_size), expected error, words the message must name)
+BAD_GEOMETRY = {
+    "H not a multiple of the window": ((6, 8, 4, 0), ValueError, "H=6 and W=8 must be multiples of window_size=4"),
+    "W not a multiple of the window": ((8, 6, 4, 1), ValueError, "H=8 and W=6 must be multiples"),
+    "negative shift": ((8, 8, 4, -1), ValueError, "shift_size must be in [0, window_size=4), got -1"),
+    "shift equal to the window": ((8, 8, 4, 4), ValueError, "shift_size must be in [0, window_size=4), got 4"),
+    "window larger than the map": ((3, 8, 4, 0), ValueError, "window_size=4 is larger than the 3x8 map"),
+    "fractional shift": ((8, 8, 4, 1.5), TypeError, "shift_size must be an int, got 1.5"),
+    "zero window": ((8, 8, 0, 0), ValueError, "window_size must be >= 1, got 0"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_GEOMETRY)
+def test_every_shifted_window_function_refuses_bad_geometry(name):
+    (H, W, ws, s), error, words = BAD_GEOMETRY[name]
+    calls = {
+        "reference.shifted_window_mask": lambda: reference.shifted_window_mask(H, W, ws, s),
+        "optimized.shifted_window_mask": lambda: optimized.shifted_window_mask(H, W, ws, s),
+        "reference.shifted_window_attention": lambda: reference.shifted_window_attention(
+            np.zeros((1, H, W, 4)), {}, num_heads=2, window_size=ws, shift_size=s),
+        "optimized.shifted_window_attention": lambda: optimized.shifted_window_attention(
+            torch.zeros(1, H, W, 4), WindowAttention(4, 1, 2, 2), window_size=ws, shift_size=s),
+    }
+    for what, call in calls.items():
+        with pytest.raises(error, match=re.escape(words)):
+            call()
+
+
+@pytest.mark.parametrize("fill, error, words", [
+    (1.0, ValueError, "fill must be negative"),
+    (0.0, ValueError, "fill must be negative"),
+    (float("nan"), ValueError, "fill must be negative"),
+    ("-100", TypeError, "fill must be a real number"),
+])
+def test_mask_fill_must_be_a_negative_number(fill, error, words):
+    with pytest.raises(error, match=words):
+        reference.shifted_window_mask(8, 8, 4, 2, fill)
+    with pytest.raises(error, match=words):
+        optimized.shifted_window_mask(8, 8, 4, 2, fill)
+
+
+def test_maps_and_windows_of_the_wrong_shape():
+    for partition, x in ((reference.window_partition, np.zeros((4, 4, 2))),
+                         (optimized.window_partition, torch.zeros(4, 4, 2))):
+        with pytest.raises(ValueError, match=re.escape("x must be 4-D (B, H, W, C), got shape (4, 4, 2)")):
+            partition(x, 2)
+    for reverse, windows in ((reference.window_reverse, np.zeros((3, 2, 2, 1))),
+                             (optimized.window_reverse, torch.zeros(3, 2, 2, 1))):
+        with pytest.raises(ValueError, match=re.escape("has 3 windows, not a multiple of nW = (H/ws)*(W/ws) = 4")):
+            reverse(windows, 2, 4, 4)
+        with pytest.raises(ValueError, match=re.escape("(B*nW, ws, ws, C) with ws=3")):
+            reverse(windows, 3, 6, 6)
+
+
+def test_map_level_attention_needs_a_module_with_the_same_window():
+    module = WindowAttention(4, 1, (2, 2), 2)
+    with pytest.raises(ValueError, match=re.escape("attn was built with window_size=(2, 2), but window_size=4")):
+        optimized.shifted_window_attention(torch.zeros(1, 8, 8, 4), module, window_size=4, shift_size=2)
+
+
+@pytest.mark.parametrize("bad, words", [(float("nan"), "NaN or +inf"), (float("inf"), "NaN or +inf")])
+def test_masks_with_nan_or_plus_inf_are_refused(bad, words):
+    mask = np.zeros((1, 4, 4))
+    mask[0, 1, 2] = bad
+    with pytest.raises(ValueError, match=re.escape(words)):
+        reference.window_attention(np.zeros((2, 4, 8)), _oracle_params({}), num_heads=2, window_size=(2, 2), mask=mask)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        WindowAttention(**DEFAULTS)(torch.zeros(2, 4, 8), torch.as_tensor(mask, dtype=torch.float32))

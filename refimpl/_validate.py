@@ -71,15 +71,6 @@ def window_mask_shape(name: str, shape, *, n_rows: int, n_tokens: int) -> int:
     return shape[0]
 
 
-def window_mask(name: str, mask, *, n_rows: int, n_tokens: int) -> np.ndarray:
-    try:
-        arr = np.asarray(mask, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real numeric array, got {type(mask).__name__}") from None
-    window_mask_shape(name, arr.shape, n_rows=n_rows, n_tokens=n_tokens)
-    return arr
-
-
 def param(params: Mapping, key: str, *, ndim: int) -> np.ndarray:
     if key not in params:
         raise ValueError(f"params is missing {key!r} (has {sorted(params)})")
@@ -107,3 +98,55 @@ def linear_params(params: Mapping, prefix: str, *, in_features: int, out_feature
     bias = param(params, f"{prefix}.bias", ndim=1)
     table_shape(f"params[{prefix + '.bias'!r}]", bias, (out_features,))
     return weight, bias
+
+
+def shifted_window_geometry(H, W, window_size, shift_size) -> tuple[int, int, int, int]:
+    """Checks a map size, window and shift for Swin's (shifted) windows; returns ``(H, W, ws, s)``.
+
+    The window must fit in the map, tile it exactly (nothing pads), and the shift must lie in ``[0, ws)``.
+    """
+    H, W = positive_int("H", H), positive_int("W", W)
+    ws = positive_int("window_size", window_size)
+    if isinstance(shift_size, bool) or not isinstance(shift_size, numbers.Integral):
+        raise TypeError(f"shift_size must be an int, got {shift_size!r} ({type(shift_size).__name__})")
+    if ws > min(H, W):
+        raise ValueError(
+            f"window_size={ws} is larger than the {H}x{W} map; Swin's blocks clamp the window to min(H, W) and "
+            f"set shift_size=0 in that case: do that before calling"
+        )
+    if H % ws or W % ws:
+        raise ValueError(f"H={H} and W={W} must be multiples of window_size={ws} (nothing pads the map)")
+    if not 0 <= shift_size < ws:
+        raise ValueError(f"shift_size must be in [0, window_size={ws}), got {shift_size}")
+    return H, W, ws, int(shift_size)
+
+
+def mask_fill(fill) -> float:
+    """The value a shifted-window mask puts between regions: a negative number or -inf (Swin: -100)."""
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f"fill must be a real number (Swin's -100.0, or -inf), got {fill!r}")
+    fill = float(fill)
+    if not fill < 0:  # also refuses NaN
+        raise ValueError(f"fill must be negative (Swin's -100.0, or -inf), got {fill}")
+    return fill
+
+
+def map_bhwc(name: str, shape) -> tuple[int, int, int, int]:
+    if len(shape) != 4:
+        raise ValueError(f"{name} must be 4-D (B, H, W, C), got shape {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def windows_shape(name: str, shape, *, window_size: int, H: int, W: int) -> int:
+    """Checks ``(B*nW, ws, ws, C)`` windows of an ``H x W`` map; returns ``B``."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or shape[1:3] != (window_size, window_size):
+        raise ValueError(f"{name} must have shape (B*nW, ws, ws, C) with ws={window_size}, got {shape}")
+    if H % window_size or W % window_size:
+        raise ValueError(f"H={H} and W={W} must be multiples of window_size={window_size}")
+    per_image = (H // window_size) * (W // window_size)
+    if shape[0] % per_image:
+        raise ValueError(
+            f"{name} has {shape[0]} windows, not a multiple of nW = (H/ws)*(W/ws) = {per_image} for a {H}x{W} map"
+        )
+    return shape[0] // per_image

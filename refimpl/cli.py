@@ -17,8 +17,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-DEFAULT_TARGETS = {"window_attention": "refimpl.optimized:WindowAttention"}
-KINDS_PLANNED = ("temporal_model", "shifted_window_mask")
+DEFAULT_TARGETS = {
+    "window_attention": "refimpl.optimized:WindowAttention",
+    "shifted_window_mask": "refimpl.optimized:shifted_window_mask",
+}
+KINDS_PLANNED = ("temporal_model",)
 
 
 @dataclass
@@ -115,7 +118,7 @@ def verify(argv: list[str]) -> int:
                                       round(time.perf_counter() - start, 3), detail, replay)
                     outcomes.append(outcome)
                     mark = {"passed": "ok  ", "failed": "FAIL"}[status]
-                    print(f"{mark} {kind:17s} {prop.name:55s} {device:5s} {dtype:9s} {outcome.seconds:7.2f}s",
+                    print(f"{mark} {kind:19s} {prop.name:60s} {device:5s} {dtype:9s} {outcome.seconds:7.2f}s",
                           flush=True)
                     if status == "failed":
                         print("     " + detail.replace("\n", "\n     "))

@@ -26,9 +26,16 @@ __all__ = [
     "window_attention_vjp",
     "window_attention_vjp_magnitudes",
     "window_attention_flops",
+    "additive_mask",
     "window_partition",
     "window_reverse",
+    "shifted_window_regions",
     "shifted_window_mask",
+    "shifted_window_attention",
+    "shifted_window_attention_vjp",
+    "shifted_window_attention_vjp_magnitudes",
+    "shifted_window_cell",
+    "shifted_window_attention_per_token",
 ]
 
 
@@ -65,11 +72,18 @@ def temporal_relative_index(num_ttokens: int) -> np.ndarray:
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (the row maximum is subtracted before ``exp``)."""
+    """Numerically stable softmax in float64 (the row maximum is subtracted before ``exp``).
+
+    A row whose every entry is ``-inf`` (a query with no key it may attend to) gives all-zero probabilities:
+    it attends to nothing. That is refimpl's decision for fully masked rows (see the README); plain softmax
+    would give NaN.
+    """
     x = np.asarray(x, dtype=np.float64)
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    row_max = np.max(x, axis=axis, keepdims=True)
+    attends_to_nothing = row_max == -np.inf
+    e = np.exp(x - np.where(attends_to_nothing, 0.0, row_max))  # exp(-inf) = 0
+    total = np.sum(e, axis=axis, keepdims=True)
+    return np.where(attends_to_nothing, 0.0, e / np.where(attends_to_nothing, 1.0, total))
 
 
 @dataclass(frozen=True)
@@ -125,11 +139,33 @@ def _relative_bias(params, n_tokens: int, num_heads: int, window_size, temporal:
     return np.einsum("ijh->hij", gathered)
 
 
+def additive_mask(mask) -> np.ndarray:
+    """A window mask as the additive float64 term of the logits.
+
+    Two conventions are accepted: an additive float mask (0 where attention is allowed; Swin's -100, or -inf,
+    where it is not) is returned as it is; a boolean "may attend" mask (True where allowed) becomes 0 / -inf.
+    Integer masks are refused (is 1 "allowed" or "add 1"?), as are NaN and +inf entries.
+    """
+    arr = np.asarray(mask)
+    if arr.dtype == np.bool_:
+        return np.where(arr, 0.0, -np.inf)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(
+            f"mask must be a floating additive mask (0 where allowed, e.g. -100 or -inf where not) or a boolean "
+            f"'may attend' mask (True where allowed), got dtype {arr.dtype}"
+        )
+    arr = arr.astype(np.float64)
+    if np.isnan(arr).any() or (arr == np.inf).any():
+        raise ValueError("mask must not contain NaN or +inf (0 where allowed, a negative value or -inf where not)")
+    return arr
+
+
 def _mask_rows(mask, n_rows: int, n_tokens: int) -> np.ndarray:
-    """The mask each of the ``B_`` rows receives: row ``b`` gets ``mask[b mod nW]`` (batch-major rows)."""
+    """The additive mask each of the ``B_`` rows receives: row ``b`` gets ``mask[b mod nW]`` (batch-major)."""
     if mask is None:
         return np.zeros((n_rows, n_tokens, n_tokens))
-    mask = v.window_mask("mask", mask, n_rows=n_rows, n_tokens=n_tokens)
+    v.window_mask_shape("mask", np.shape(mask), n_rows=n_rows, n_tokens=n_tokens)
+    mask = additive_mask(mask)
     window_of_row = np.arange(n_rows) % mask.shape[0]
     return mask[window_of_row]
 
@@ -296,10 +332,10 @@ def window_attention_vjp_magnitudes(
 def window_partition(x, window_size: int) -> np.ndarray:
     """``(B, H, W, C) -> (B*nW, ws, ws, C)``; window row ``b*nW + wr*(W//ws) + wc`` (batch-major)."""
     x = np.asarray(x, dtype=np.float64)
+    b, h, w, c = v.map_bhwc("x", x.shape)
     ws = v.positive_int("window_size", window_size)
-    b, h, w, c = x.shape
     if h % ws or w % ws:
-        raise ValueError(f"H={h} and W={w} must be multiples of window_size={ws}")
+        raise ValueError(f"H={h} and W={w} must be multiples of window_size={ws} (nothing pads the map)")
     windows = [
         x[i, r * ws : (r + 1) * ws, q * ws : (q + 1) * ws]
         for i in range(b)
@@ -313,9 +349,10 @@ def window_reverse(windows, window_size: int, H: int, W: int) -> np.ndarray:
     """Inverse of ``window_partition``: ``(B*nW, ws, ws, C) -> (B, H, W, C)``."""
     windows = np.asarray(windows, dtype=np.float64)
     ws = v.positive_int("window_size", window_size)
-    per_image = (H // ws) * (W // ws)
-    b = windows.shape[0] // per_image
+    H, W = v.positive_int("H", H), v.positive_int("W", W)
+    b = v.windows_shape("windows", windows.shape, window_size=ws, H=H, W=W)
     x = np.zeros((b, H, W, windows.shape[-1]))
+    per_image = (H // ws) * (W // ws)
     for n in range(windows.shape[0]):
         i, rest = divmod(n, per_image)
         r, q = divmod(rest, W // ws)
@@ -330,23 +367,155 @@ def _band(position: int, size: int, window_size: int, shift_size: int) -> int:
     return 1 if position < size - shift_size else 2
 
 
-def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, fill: float = -100.0) -> np.ndarray:
-    """Swin's shifted-window attention mask ``(nW, ws*ws, ws*ws)``: 0 between tokens of the same region of the
-    rolled map, ``fill`` between regions (tokens that are neighbours only through the cyclic roll)."""
-    H, W = v.positive_int("H", H), v.positive_int("W", W)
-    ws = v.positive_int("window_size", window_size)
-    if isinstance(shift_size, bool) or not isinstance(shift_size, int) or not 0 <= shift_size < ws:
-        raise ValueError(f"shift_size must be an int in [0, window_size={ws}), got {shift_size!r}")
-    if ws > min(H, W):
-        raise ValueError(f"window_size={ws} is larger than the map ({H}x{W})")
-    region = np.zeros((1, H, W, 1))
-    if shift_size > 0:
+def shifted_window_regions(H: int, W: int, window_size: int, shift_size: int) -> np.ndarray:
+    """Swin's region ids on the *rolled* ``H x W`` map, int64: ``3 * row band + column band`` (0..8); all zero
+    when ``shift_size == 0``. Tokens may attend to each other iff they share a window and a region."""
+    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    region = np.zeros((H, W), dtype=np.int64)
+    if s > 0:
         for r in range(H):
             for c in range(W):
-                region[0, r, c, 0] = 3 * _band(r, H, ws, shift_size) + _band(c, W, ws, shift_size)
-    labels = window_partition(region, ws).reshape(-1, ws * ws)  # (nW, N)
-    same_region = labels[:, None, :] == labels[:, :, None]
-    return np.where(same_region, 0.0, float(fill))
+                region[r, c] = 3 * _band(r, H, ws, s) + _band(c, W, ws, s)
+    return region
+
+
+def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, fill: float = -100.0) -> np.ndarray:
+    """Swin's shifted-window attention mask ``(nW, ws*ws, ws*ws)``: 0 between tokens of the same region of the
+    rolled map, ``fill`` between regions (tokens that are neighbours only through the cyclic roll).
+
+    ``fill`` is Swin's -100.0 or -inf; the boolean "may attend" form is ``shifted_window_mask(...) == 0``.
+    """
+    fill = v.mask_fill(fill)
+    regions = shifted_window_regions(H, W, window_size, shift_size)
+    ws = int(window_size)
+    labels = window_partition(regions[None, :, :, None], ws).reshape(-1, ws * ws)  # (nW, N)
+    same_region = labels[:, :, None] == labels[:, None, :]
+    return np.where(same_region, 0.0, fill)
+
+
+def _roll_map(x, shift: int) -> np.ndarray:
+    """``x`` ``(B, H, W, C)`` rolled by ``shift`` along H and W: ``out[:, r, c] = x[:, r - shift, c - shift]``."""
+    return np.roll(x, shift=(shift, shift), axis=(1, 2))
+
+
+def _shifted_windows(x, window_size: int, shift_size: int) -> np.ndarray:
+    """The rolled map's windows, flattened: ``(B, H, W, C) -> (B*nW, ws*ws, C)``."""
+    windows = window_partition(_roll_map(x, -shift_size), window_size)
+    return windows.reshape(windows.shape[0], window_size * window_size, -1)
+
+
+def _unshifted_map(windows, window_size: int, shift_size: int, H: int, W: int) -> np.ndarray:
+    """Inverse of ``_shifted_windows``: ``(B*nW, ws*ws, C) -> (B, H, W, C)``."""
+    windows = windows.reshape(windows.shape[0], window_size, window_size, -1)
+    return _roll_map(window_reverse(windows, window_size, H, W), shift_size)
+
+
+def _check_map(x, window_size, shift_size, fill):
+    x = np.asarray(x, dtype=np.float64)
+    _, H, W, _ = v.map_bhwc("x", x.shape)
+    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    mask = shifted_window_mask(H, W, ws, s, fill) if s > 0 else None  # Swin passes no mask when s == 0
+    return x, H, W, ws, s, mask
+
+
+def shifted_window_attention(
+    x, params: Mapping, *, num_heads: int, window_size: int, shift_size: int, qk_scale=None, fill: float = -100.0
+) -> np.ndarray:
+    """Swin's (shifted) window attention over a map, in float64: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    Roll the map by ``-s`` along H and W, partition it into ``ws x ws`` windows, run window attention with
+    ``shifted_window_mask(H, W, ws, s, fill)`` (no mask when ``s == 0``), reverse the partition, roll back by
+    ``+s``. ``params`` are AIM/Swin ``WindowAttention`` parameters for ``window_size=(ws, ws)``.
+    """
+    x, H, W, ws, s, mask = _check_map(x, window_size, shift_size, fill)
+    windows = _shifted_windows(x, ws, s)
+    out = window_attention(windows, params, num_heads=num_heads, window_size=(ws, ws), mask=mask, qk_scale=qk_scale)
+    return _unshifted_map(out, ws, s, H, W)
+
+
+def shifted_window_attention_vjp(
+    x, params: Mapping, *, num_heads: int, window_size: int, shift_size: int, qk_scale=None, fill: float = -100.0,
+    grad_out,
+) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(shifted_window_attention(x, params, ...) * grad_out)``: roll and partition are
+    permutations, so the gradient is ``window_attention_vjp`` on the permuted ``grad_out``, permuted back."""
+    x, H, W, ws, s, mask = _check_map(x, window_size, shift_size, fill)
+    grad_out = np.asarray(grad_out, dtype=np.float64)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected the output's shape {x.shape}")
+    grads = window_attention_vjp(
+        _shifted_windows(x, ws, s), params, num_heads=num_heads, window_size=(ws, ws), mask=mask, qk_scale=qk_scale,
+        grad_out=_shifted_windows(grad_out, ws, s),
+    )
+    grads["x"] = _unshifted_map(grads["x"], ws, s, H, W)
+    return grads
+
+
+def shifted_window_attention_vjp_magnitudes(
+    x, params: Mapping, *, num_heads: int, window_size: int, shift_size: int, qk_scale=None, fill: float = -100.0,
+    grad_out,
+) -> dict[str, np.ndarray]:
+    """The cancellation-free sizes of ``shifted_window_attention_vjp`` (see ``window_attention_vjp_magnitudes``)."""
+    x, H, W, ws, s, mask = _check_map(x, window_size, shift_size, fill)
+    sizes = window_attention_vjp_magnitudes(
+        _shifted_windows(x, ws, s), params, num_heads=num_heads, window_size=(ws, ws), mask=mask, qk_scale=qk_scale,
+        grad_out=_shifted_windows(np.asarray(grad_out, dtype=np.float64), ws, s),
+    )
+    sizes["x"] = _unshifted_map(sizes["x"], ws, s, H, W)
+    return sizes
+
+
+def shifted_window_cell(position: int, window_size: int, shift_size: int) -> int:
+    """Which shifted window, along one axis, holds ``position`` in the *original* (un-rolled) frame.
+
+    Swin's shifted windows cut each axis at ``s, s + ws, s + 2*ws, ...``: the first window ``[0, s)`` and the
+    last ``[size - ws + s, size)`` are partial, and nothing wraps around. (The roll and the mask are a way of
+    batching exactly these windows as full ``ws x ws`` ones.)
+    """
+    return (position - shift_size) // window_size  # floor: positions before s are in window -1
+
+
+def shifted_window_attention_per_token(
+    x, params: Mapping, *, num_heads: int, window_size: int, shift_size: int, qk_scale=None
+) -> np.ndarray:
+    """A second oracle for ``shifted_window_attention`` that shares no code with the roll, the partition or the
+    mask: for every output token, plain attention over exactly the tokens it may see (same shifted window along
+    both axes, see ``shifted_window_cell``), with the bias looked up from the two tokens' coordinates.
+    Exact masking (no -100 leak). ``(B, H, W, C) -> (B, H, W, C)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    b, H, W, c = v.map_bhwc("x", x.shape)
+    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    num_heads = v.positive_int("num_heads", num_heads)
+    d = v.head_dim(c, num_heads)
+    w_qkv, b_qkv = v.linear_params(params, "qkv", in_features=c, out_features=3 * c)
+    w_proj, b_proj = v.linear_params(params, "proj", in_features=c, out_features=c)
+    table = v.param(params, "relative_position_bias_table", ndim=2)
+    v.table_shape("relative_position_bias_table", table, ((2 * ws - 1) ** 2, num_heads))
+    scale = _attention_scale(d, qk_scale)
+
+    qkv = (x @ w_qkv.T + b_qkv).reshape(b, H, W, 3, num_heads, d)
+    q, k, val = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # each (B, H, W, nH, d)
+    out = np.zeros((b, H, W, c))
+    for i in range(b):
+        for r in range(H):
+            for col in range(W):
+                seen = [
+                    (r2, c2)
+                    for r2 in range(H)
+                    for c2 in range(W)
+                    if shifted_window_cell(r2, ws, s) == shifted_window_cell(r, ws, s)
+                    and shifted_window_cell(c2, ws, s) == shifted_window_cell(col, ws, s)
+                ]
+                # Swin's index for query (r, col) and key (r2, c2): no wrap-around between tokens that see
+                # each other, so the offsets are plain coordinate differences, each in (-ws, ws).
+                index = [(r - r2 + ws - 1) * (2 * ws - 1) + (col - c2 + ws - 1) for r2, c2 in seen]
+                keys = np.stack([k[i, r2, c2] for r2, c2 in seen])  # (M, nH, d)
+                values = np.stack([val[i, r2, c2] for r2, c2 in seen])  # (M, nH, d)
+                logits = scale * np.einsum("he,mhe->hm", q[i, r, col], keys) + table[index].T  # (nH, M)
+                context = np.einsum("hm,mhe->he", softmax(logits, axis=-1), values).reshape(c)  # head-major
+                out[i, r, col] = w_proj @ context + b_proj
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ __all__ = [
     "random_window_mask",
     "window_attention_cases",
     "seeds",
+    "MASK_CONVENTIONS",
+    "ShiftedWindowConfig",
+    "ShiftedWindowAttentionCase",
+    "shifted_window_configs",
+    "shifted_window_attention_cases",
 ]
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -94,13 +99,28 @@ def random_window_attention_params(
     return params
 
 
-def random_window_mask(n_windows: int, n_tokens: int, rng: np.random.Generator, *, fill: float = -100.0):
-    """A ``(nW, N, N)`` additive mask of 0 and ``fill`` with a zero diagonal (no row fully masked), each window
-    with its own density, so that a wrong window assignment shows."""
+MASK_CONVENTIONS = ("-100", "-inf", "bool")
+"""How a window mask says "may not attend": Swin's additive -100, an additive -inf, or a boolean "may attend"
+mask (True where allowed). ``refimpl.reference.additive_mask`` gives each its meaning."""
+
+
+def random_window_mask(
+    n_windows: int, n_tokens: int, rng: np.random.Generator, *, convention: str = "-100",
+    fully_masked_rows: bool = False,
+):
+    """A ``(nW, N, N)`` window mask in ``convention`` (see ``MASK_CONVENTIONS``), each window with its own
+    density, so that a wrong window assignment shows. The diagonal is allowed (no row is fully masked, as in
+    Swin) unless ``fully_masked_rows``, which blocks about a third of the rows entirely."""
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(f"convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
     density = rng.uniform(0.0, 0.8, size=(n_windows, 1, 1))
     blocked = rng.uniform(size=(n_windows, n_tokens, n_tokens)) < density
     blocked[:, np.arange(n_tokens), np.arange(n_tokens)] = False
-    return np.where(blocked, fill, 0.0)
+    if fully_masked_rows:
+        blocked[rng.uniform(size=(n_windows, n_tokens)) < 1 / 3] = True
+    if convention == "bool":
+        return ~blocked
+    return np.where(blocked, -100.0 if convention == "-100" else -np.inf, 0.0)
 
 
 @st.composite
@@ -146,22 +166,30 @@ class WindowAttentionCase:
     n_windows: int  # windows per image; B_ = batch * n_windows (temporal: B_ = batch)
     has_mask: bool
     seed: int
+    mask_convention: str = "-100"  # see MASK_CONVENTIONS
+    fully_masked_rows: bool = False  # some query rows may attend to no key at all
     params: dict = field(repr=False, compare=False, default=None)
     x: np.ndarray = field(repr=False, compare=False, default=None)
     mask: np.ndarray | None = field(repr=False, compare=False, default=None)
     grad_out: np.ndarray = field(repr=False, compare=False, default=None)
 
     @classmethod
-    def build(cls, config, *, temporal, batch, n_windows, has_mask, seed):
+    def build(cls, config, *, temporal, batch, n_windows, has_mask, seed, mask_convention="-100",
+              fully_masked_rows=False):
         """Deterministically generate the arrays of a case from its description (replayable from the repr)."""
         rng = np.random.default_rng(seed)
         n_tokens = config.num_ttokens if temporal else config.window_tokens
         n_rows = batch if temporal else batch * n_windows
         params = random_window_attention_params(config, rng)
         x = rng.standard_normal((n_rows, n_tokens, config.dim))
-        mask = random_window_mask(n_windows, n_tokens, rng) if has_mask else None
+        mask = None
+        if has_mask:
+            mask = random_window_mask(
+                n_windows, n_tokens, rng, convention=mask_convention, fully_masked_rows=fully_masked_rows
+            )
         grad_out = rng.standard_normal((n_rows, n_tokens, config.dim))
-        return cls(config, temporal, batch, n_windows, has_mask, seed, params, x, mask, grad_out)
+        return cls(config, temporal, batch, n_windows, has_mask, seed, mask_convention, fully_masked_rows,
+                   params, x, mask, grad_out)
 
     @property
     def n_tokens(self) -> int:
@@ -207,10 +235,13 @@ def window_attention_cases(
     mask=None,
     max_batch: int = 3,
     max_windows: int = 4,
+    mask_conventions=MASK_CONVENTIONS,
+    fully_masked_rows=None,
 ):
     """Complete cases. ``temporal``/``mask``: force the mode / the presence of a window mask (None: draw).
     A mask is only drawn in spatial mode unless ``mask=True`` (then it is passed in temporal mode as well,
-    where it must be ignored)."""
+    where it must be ignored). The mask's convention is drawn from ``mask_conventions``; rows that may attend
+    to nothing are drawn unless ``fully_masked_rows`` says otherwise."""
     config = draw(configs if configs is not None else window_attention_configs())
     is_temporal = config.use_temporal and (draw(st.booleans()) if temporal is None else temporal)
     if temporal and not config.use_temporal:
@@ -220,6 +251,8 @@ def window_attention_cases(
     if is_temporal and mask is None:
         has_mask = False
     n_windows = draw(st.integers(1, max_windows)) if has_mask else 1
+    convention = draw(st.sampled_from(mask_conventions)) if has_mask else "-100"
+    dead_rows = has_mask and (draw(st.booleans()) if fully_masked_rows is None else fully_masked_rows)
     return WindowAttentionCase.build(
         config,
         temporal=is_temporal,
@@ -227,4 +260,116 @@ def window_attention_cases(
         n_windows=n_windows,
         has_mask=has_mask,
         seed=draw(seeds),
+        mask_convention=convention,
+        fully_masked_rows=dead_rows,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifted windows over a map
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShiftedWindowConfig:
+    """A valid map / window / shift combination: ``H`` and ``W`` multiples of ``window_size``, the window no
+    larger than the map, ``0 <= shift_size < window_size``. ``config.args`` is ``(H, W, window_size, shift_size)``."""
+
+    H: int
+    W: int
+    window_size: int
+    shift_size: int
+
+    @property
+    def args(self) -> tuple[int, int, int, int]:
+        return (self.H, self.W, self.window_size, self.shift_size)
+
+    @property
+    def n_windows(self) -> int:
+        return (self.H // self.window_size) * (self.W // self.window_size)
+
+
+@st.composite
+def shifted_window_configs(draw, *, max_window: int = 5, max_windows_per_side: int = 3, shift=None):
+    """Valid ``(H, W, window_size, shift_size)`` drawn together, biased toward the edge cases: shift ``ws // 2``
+    (Swin's odd blocks) and ``ws - 1``, a single window along an axis (``H == ws``), non-square maps.
+    ``shift``: None (draw), or ``"zero"`` / ``"nonzero"`` to force one kind (``"nonzero"`` needs ``ws >= 2``)."""
+    ws = draw(st.integers(2 if shift == "nonzero" else 1, max_window))
+    if shift == "zero":
+        s = 0
+    else:
+        low = 1 if shift == "nonzero" else 0
+        s = draw(st.one_of(st.sampled_from(sorted({max(ws // 2, low), ws - 1})), st.integers(low, ws - 1)))
+    windows_per_side = st.one_of(st.just(1), st.integers(1, max_windows_per_side))
+    return ShiftedWindowConfig(ws * draw(windows_per_side), ws * draw(windows_per_side), ws, s)
+
+
+@dataclass(frozen=True)
+class ShiftedWindowAttentionCase:
+    """A map-level case: attention config (window ``(ws, ws)``), geometry, batch, mask fill and seed; arrays
+    ``params``, ``x`` ``(B, H, W, C)`` and ``grad_out``. Printed compactly by Hypothesis."""
+
+    config: WindowAttentionConfig
+    geometry: ShiftedWindowConfig
+    batch: int
+    fill: float
+    seed: int
+    params: dict = field(repr=False, compare=False, default=None)
+    x: np.ndarray = field(repr=False, compare=False, default=None)
+    grad_out: np.ndarray = field(repr=False, compare=False, default=None)
+
+    @classmethod
+    def build(cls, config, geometry, *, batch, fill, seed):
+        rng = np.random.default_rng(seed)
+        params = random_window_attention_params(config, rng)
+        shape = (batch, geometry.H, geometry.W, config.dim)
+        x, grad_out = rng.standard_normal(shape), rng.standard_normal(shape)
+        return cls(config, geometry, batch, fill, seed, params, x, grad_out)
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(repr(self))
+
+    def with_arrays(self, **arrays) -> "ShiftedWindowAttentionCase":
+        return replace(self, **arrays)
+
+    def oracle_kwargs(self, **overrides) -> dict:
+        kwargs = dict(
+            num_heads=self.config.num_heads,
+            window_size=self.geometry.window_size,
+            shift_size=self.geometry.shift_size,
+            qk_scale=self.config.qk_scale,
+            fill=self.fill,
+        )
+        return {**kwargs, **overrides}
+
+    def oracle_output(self, **overrides) -> np.ndarray:
+        return reference.shifted_window_attention(self.x, self.params, **self.oracle_kwargs(**overrides))
+
+    def oracle_vjp(self) -> dict[str, np.ndarray]:
+        return reference.shifted_window_attention_vjp(self.x, self.params, **self.oracle_kwargs(), grad_out=self.grad_out)
+
+    def oracle_vjp_magnitudes(self) -> dict[str, np.ndarray]:
+        return reference.shifted_window_attention_vjp_magnitudes(
+            self.x, self.params, **self.oracle_kwargs(), grad_out=self.grad_out
+        )
+
+    def oracle_per_token(self) -> np.ndarray:
+        """The second oracle (exact masking, no roll, partition or mask involved)."""
+        kwargs = self.oracle_kwargs()
+        del kwargs["fill"]
+        return reference.shifted_window_attention_per_token(self.x, self.params, **kwargs)
+
+
+@st.composite
+def shifted_window_attention_cases(
+    draw, geometries=None, *, fills=(-100.0, -np.inf), max_batch: int = 2, max_heads: int = 4, max_head_dim: int = 4
+):
+    """Map-level cases: a geometry (``shifted_window_configs()`` unless given), an attention config with the
+    matching ``(ws, ws)`` window (small heads keep the oracles fast), a batch, and a mask fill from ``fills``."""
+    geometry = draw(geometries if geometries is not None else shifted_window_configs())
+    config = draw(window_attention_configs(max_heads=max_heads, max_head_dim=max_head_dim, max_window_side=1))
+    ws = geometry.window_size
+    config = replace(config, window_size=(ws, ws))
+    return ShiftedWindowAttentionCase.build(
+        config, geometry, batch=draw(st.integers(1, max_batch)), fill=draw(st.sampled_from(fills)), seed=draw(seeds)
     )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MULTIPLE", "FLOOR_ULPS", "FINITE_DIFFERENCE_STEP", "FINITE_DIFFERENCE_RTOL", "eps", "error_bound", "assert_close", "Comparison", "compare"]
+__all__ = ["MULTIPLE", "FLOOR_ULPS", "FINITE_DIFFERENCE_STEP", "FINITE_DIFFERENCE_RTOL", "assert_vjp_matches_central_differences", "eps", "error_bound", "assert_close", "Comparison", "compare"]
 
 MULTIPLE = 16.0
 FLOOR_ULPS = 32.0
@@ -75,13 +75,14 @@ def error_bound(expected, baseline, dtype, magnitude=None) -> float:
     """The allowed max-abs error for a ``dtype`` result whose float64 oracle value is ``expected`` and whose
     naive same-dtype computation gave ``baseline``.
 
+    ``baseline=None`` leaves the floor alone: for two float64 oracles, which have no naive counterpart.
     ``magnitude`` (default ``max|expected|``) is what the floor counts ulps of. Pass the cancellation-free size
     of the computation when the result is a small difference of large terms: a softmax gradient through a
     ``-100`` mask can be 1e-44 while every term it is computed from is O(1), and its rounding noise is then
     ulps of the terms, not of the result.
     """
-    expected, baseline = _to_numpy(expected), _to_numpy(baseline)
-    baseline_error = float(np.max(np.abs(baseline - expected), initial=0.0))
+    expected = _to_numpy(expected)
+    baseline_error = 0.0 if baseline is None else float(np.max(np.abs(_to_numpy(baseline) - expected), initial=0.0))
     if magnitude is None:
         magnitude = float(np.max(np.abs(expected), initial=0.0))
     return max(MULTIPLE * baseline_error, FLOOR_ULPS * eps(dtype) * magnitude)
@@ -123,14 +124,13 @@ def compare(actual, expected, *, baseline, dtype, what: str = "result", magnitud
         return Comparison(what, dtype_name(dtype), 0.0, 0.0, 0.0, 0.0, (), float("nan"), float("nan"))
     nan_aware = np.where(np.isnan(diff), np.inf, diff)
     worst = np.unravel_index(int(np.argmax(nan_aware)), diff.shape)
-    baseline = _to_numpy(baseline)
     return Comparison(
         what=what,
         dtype=dtype_name(dtype),
         max_error=float(nan_aware[worst]),
         mean_error=float(np.mean(nan_aware)),
         bound=error_bound(expected, baseline, dtype, magnitude),
-        baseline_error=float(np.max(np.abs(baseline - expected))),
+        baseline_error=0.0 if baseline is None else float(np.max(np.abs(_to_numpy(baseline) - expected))),
         worst_index=tuple(int(i) for i in worst),
         actual_at_worst=float(actual[worst]),
         expected_at_worst=float(expected[worst]),
@@ -143,3 +143,22 @@ def assert_close(actual, expected, *, baseline, dtype, what: str = "result", mag
     if not result.ok:
         raise AssertionError(result.message())
     return result
+
+
+def assert_vjp_matches_central_differences(loss, grads: dict, inputs: dict, rng: np.random.Generator) -> None:
+    """Check hand-written float64 gradients by directional derivatives: for each ``key`` of ``inputs`` and a
+    random direction ``u``, ``<grads[key], u>`` must equal ``(loss(+h u) - loss(-h u)) / 2h`` within
+    ``FINITE_DIFFERENCE_RTOL`` of the gradient's scale. ``loss(inputs)`` takes a dict like ``inputs``."""
+    h = FINITE_DIFFERENCE_STEP
+    for key, value in inputs.items():
+        direction = rng.standard_normal(np.shape(value))
+
+        def loss_at(t):
+            return loss({**inputs, key: np.asarray(value) + t * direction})
+
+        numeric = (loss_at(h) - loss_at(-h)) / (2 * h)
+        analytic = float(np.sum(grads[key] * direction))
+        scale = max(abs(analytic), float(np.linalg.norm(grads[key]) * np.linalg.norm(direction)), 1.0)
+        assert abs(numeric - analytic) <= FINITE_DIFFERENCE_RTOL * scale, (
+            f"gradient of {key!r}: <grad, u> = {analytic!r}, central difference {numeric!r}"
+        )

@@ -1,6 +1,20 @@
 """Fast torch implementations: drop-in replacements for the upstream modules (same constructor, state-dict keys
 and forward), each covered by properties against the NumPy oracle in ``refimpl.reference``."""
 
+from refimpl.optimized.shifted_window import (
+    shifted_window_attention,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from refimpl.optimized.window_attention import WindowAttention, relative_position_index, temporal_relative_index
 
-__all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
+__all__ = [
+    "WindowAttention",
+    "relative_position_index",
+    "temporal_relative_index",
+    "window_partition",
+    "window_reverse",
+    "shifted_window_mask",
+    "shifted_window_attention",
+]

@@ -43,8 +43,11 @@ class WindowAttention(nn.Module):
     buffers) and forward as AIM's ``WindowAttention``, so an upstream checkpoint loads with ``strict=True``.
 
     ``forward(x, mask=None, temporal=False)``:
-      * spatial: ``x`` ``(B_, N, C)`` with ``N == Wh*Ww``; ``mask`` ``(nW, N, N)`` additive, row ``b`` of ``x``
-        gets ``mask[b % nW]`` (``B_ = B*nW`` batch-major, as ``window_partition`` lays it out);
+      * spatial: ``x`` ``(B_, N, C)`` with ``N == Wh*Ww``; ``mask`` ``(nW, N, N)``, row ``b`` of ``x`` gets
+        ``mask[b % nW]`` (``B_ = B*nW`` batch-major, as ``window_partition`` lays it out). The mask is additive
+        float (0 where allowed; Swin's -100 or -inf where not) or boolean "may attend" (True where allowed).
+        A query row with no allowed key (all -inf / all False) attends to nothing: its attention output is 0,
+        so its output token is ``proj.bias``, on every backend and torch version;
       * temporal: ``x`` ``(B*H*W, T', C)`` with ``T' == num_ttokens``; full (bidirectional) attention over time
         with the temporal bias; ``mask`` is ignored, as upstream.
 
@@ -95,6 +98,7 @@ class WindowAttention(nn.Module):
             nn.init.trunc_normal_(self.temporal_position_bias_table, std=0.02)
 
         self._bias_cache: OrderedDict = OrderedDict()
+        self._mask_terms_cache = None  # (mask, key, terms) of the last window mask seen
 
     # ----------------------------------------------------------------------------------------------
     # The additive attention mask (position bias, plus the window mask)
@@ -110,15 +114,56 @@ class WindowAttention(nn.Module):
         bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).permute(2, 0, 1)
         return bias.unsqueeze(0).to(dtype).contiguous()
 
-    def _combined_mask(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
-        """The 4-D additive SDPA mask: ``(1, nH, N, N)`` without a window mask, else ``(B_, nH, N, N)``."""
+    def _window_mask_terms(self, mask: torch.Tensor, dtype: torch.dtype):
+        """``(additive (nW, 1, N, N), attends_to_nothing (nW, 1, N, 1) or None)`` for a window mask, cached by
+        the mask's identity and version: the checks below synchronize with the device, so they run once per
+        mask, not once per training step.
+
+        A row with no key it may attend to (all ``-inf`` / all False) attends to nothing: its attention output is
+        zero. Its mask row is set to 0 here, so that no backend sees an all ``-inf`` row (NaN in eager softmax and
+        in older SDPA math backends, 0 in newer ones), and the output row is zeroed after SDPA.
+        """
+        key = (id(mask), mask._version, dtype)
+        hit = self._mask_terms_cache
+        if hit is not None and hit[0] is mask and hit[1] == key:
+            return hit[2]
+        with torch.no_grad():
+            if mask.dtype == torch.bool:
+                additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+            else:
+                if torch.isnan(mask).any() or torch.isposinf(mask).any():
+                    raise ValueError(
+                        "mask must not contain NaN or +inf (0 where allowed, a negative value or -inf where not)"
+                    )
+                additive = mask.to(dtype)
+            attends_to_nothing = torch.isneginf(additive).all(dim=-1)[:, None, :, None]  # (nW, 1, N, 1)
+            if attends_to_nothing.any():
+                additive = additive.unsqueeze(1).masked_fill(attends_to_nothing, 0.0)
+            else:
+                additive, attends_to_nothing = additive.unsqueeze(1), None
+        if mask.requires_grad:  # an additive mask being learned: keep its graph (and do not cache)
+            additive = mask.to(dtype).unsqueeze(1)
+            if attends_to_nothing is not None:
+                additive = additive.masked_fill(attends_to_nothing, 0.0)
+            return additive, attends_to_nothing
+        self._mask_terms_cache = (mask, key, (additive, attends_to_nothing))
+        return additive, attends_to_nothing
+
+    def _combined_mask(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype):
+        """The 4-D additive SDPA mask, ``(1, nH, N, N)`` without a window mask, else ``(B_, nH, N, N)``, and the
+        ``(B_, 1, N, 1)`` factor that zeroes rows attending to nothing (None when there are none)."""
         bias = self._position_bias(temporal, dtype)
         if mask is None:
-            return bias
+            return bias, None
         n_windows, n = mask.shape[0], mask.shape[-1]
-        per_window = bias + mask.to(dtype).unsqueeze(1)  # (nW, nH, N, N)
+        additive, attends_to_nothing = self._window_mask_terms(mask, dtype)
+        per_window = bias + additive  # (nW, nH, N, N)
         # Materialized contiguous: a stride-0 batch expand cannot merge (B, nW) into one B_ axis.
-        return per_window.repeat(n_rows // n_windows, 1, 1, 1).reshape(n_rows, self.num_heads, n, n)
+        combined = per_window.repeat(n_rows // n_windows, 1, 1, 1).reshape(n_rows, self.num_heads, n, n)
+        if attends_to_nothing is None:
+            return combined, None
+        keep = (~attends_to_nothing).to(dtype).repeat(n_rows // n_windows, 1, 1, 1)  # (B_, 1, N, 1)
+        return combined, keep
 
     def _cache_key(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype):
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
@@ -131,9 +176,14 @@ class WindowAttention(nn.Module):
         return (temporal, dtype, n_rows, state, id(mask), mask._version)
 
     def attention_mask(self, x_shape, mask=None, temporal: bool = False, dtype=None) -> torch.Tensor:
-        """The additive mask handed to SDPA for an input of shape ``x_shape``; cached when no gradient flows
-        into it. A cached entry is used only while the table, index buffer and window mask are the very tensors,
-        at the very versions, it was built from."""
+        """The additive mask handed to SDPA for an input of shape ``x_shape`` (rows that attend to nothing show
+        as 0 here; their output is zeroed after SDPA)."""
+        return self._attention_inputs(x_shape, mask, temporal, dtype)[0]
+
+    def _attention_inputs(self, x_shape, mask, temporal: bool, dtype=None):
+        """``(combined additive mask, row factor or None)``, cached when no gradient flows into them. A cached
+        entry is used only while the table, index buffer and window mask are the very tensors, at the very
+        versions, it was built from."""
         dtype = dtype or self.relative_position_bias_table.dtype
         n_rows = x_shape[0]
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
@@ -148,14 +198,15 @@ class WindowAttention(nn.Module):
             self._bias_cache.move_to_end(key)
             return hit[1]
         with torch.no_grad():
-            combined = self._combined_mask(temporal, mask, n_rows, dtype)
-        self._bias_cache[key] = (mask, combined)
+            inputs = self._combined_mask(temporal, mask, n_rows, dtype)
+        self._bias_cache[key] = (mask, inputs)
         while len(self._bias_cache) > self._CACHE_SLOTS:
             self._bias_cache.popitem(last=False)
-        return combined
+        return inputs
 
     def _apply(self, fn, *args, **kwargs):
         self._bias_cache.clear()  # .to() / .cuda() / .half(): drop entries built on the old device or dtype
+        self._mask_terms_cache = None
         return super()._apply(fn, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
@@ -188,10 +239,10 @@ class WindowAttention(nn.Module):
             return None
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        if not mask.is_floating_point():
+        if not (mask.is_floating_point() or mask.dtype == torch.bool):
             raise TypeError(
-                f"mask must be a floating additive tensor (0 where attention is allowed, e.g. -100 where it is "
-                f"not), got dtype {mask.dtype}"
+                f"mask must be a floating additive mask (0 where allowed, e.g. -100 or -inf where not) or a boolean "
+                f"'may attend' mask (True where allowed), got dtype {mask.dtype}"
             )
         if mask.device != x.device:
             raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
@@ -205,9 +256,11 @@ class WindowAttention(nn.Module):
         head_dim = channels // self.num_heads
         qkv = self.qkv(x).reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
-        attn_mask = self.attention_mask(x.shape, mask, temporal, dtype=x.dtype)
+        attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype)
         dropout_p = self.attn_drop.p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
+        if keep_rows is not None:  # rows with no allowed key attend to nothing
+            out = out * keep_rows
         out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
         return self.proj_drop(self.proj(out))
 

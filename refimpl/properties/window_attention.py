@@ -36,13 +36,15 @@ def rounded_case(case: rst.WindowAttentionCase, dtype: torch.dtype) -> rst.Windo
     return case.with_arrays(
         x=round_to(case.x, dtype),
         params={k: round_to(a, dtype) for k, a in case.params.items()},
-        mask=None if case.mask is None else round_to(case.mask, dtype),
+        mask=case.mask if case.mask is None or case.mask.dtype == bool else round_to(case.mask, dtype),
         grad_out=round_to(case.grad_out, dtype),
     )
 
 
 def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+    """``array`` as a ``dtype`` tensor on ``device``; boolean arrays (may-attend masks) stay boolean."""
+    array = np.asarray(array)
+    t = torch.as_tensor(array, dtype=torch.bool if array.dtype == bool else dtype, device=device)
     return t.requires_grad_(requires_grad)
 
 
@@ -68,16 +70,30 @@ def forward(module, case, device, dtype, *, x=None, mask=None, temporal=None) ->
     return module(to_tensor(x, device, dtype), mask_t, temporal)
 
 
-def gradients(module, case, device, dtype) -> dict[str, torch.Tensor]:
-    """``d sum(out * grad_out)`` with respect to ``x`` and every parameter (zeros where none flowed)."""
+def gradients_of(module, run, case, device, dtype) -> dict[str, torch.Tensor]:
+    """``d sum(run(x) * grad_out)`` with respect to ``x = case.x`` and every parameter of ``module`` (zeros
+    where none flowed); ``run(x)`` calls the module, directly or inside a map-level operation."""
     x = to_tensor(case.x, device, dtype, requires_grad=True)
-    mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
-    out = module(x, mask, case.temporal)
-    (out * to_tensor(case.grad_out, device, dtype)).sum().backward()
+    (run(x) * to_tensor(case.grad_out, device, dtype)).sum().backward()
     grads = {"x": x.grad}
     for name, p in module.named_parameters():
         grads[name] = p.grad if p.grad is not None else torch.zeros_like(p)
     return grads
+
+
+def gradients(module, case, device, dtype) -> dict[str, torch.Tensor]:
+    """Gradients of a window-attention call on ``case`` (see ``gradients_of``)."""
+    mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
+    return gradients_of(module, lambda x: module(x, mask, case.temporal), case, device, dtype)
+
+
+def assert_gradients_close(actual, expected, *, baseline, magnitudes, dtype, what: str = "grad") -> None:
+    """Every oracle gradient has a counterpart within the tolerance policy; the floor counts ulps of the
+    cancellation-free magnitudes, not of a possibly cancelled result."""
+    for name, grad in expected.items():
+        assert name in actual, f"no gradient for {name!r}"
+        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"{what} of {name}",
+                     magnitude=float(np.max(magnitudes[name], initial=0.0)))
 
 
 def _run(impl, case, device, dtype, *, train=False):
@@ -124,7 +140,8 @@ def buffers_match_oracle(impl, config, device, dtype):
 @register(KIND, cases)
 def forward_matches_oracle(impl, case, device, dtype):
     """Eval-mode output equals the float64 oracle on the same (dtype-rounded) inputs, within the tolerance
-    policy: spatial with and without a window mask, and temporal."""
+    policy: spatial with and without a window mask (-100, -inf or boolean; rows that may attend to nothing
+    included), and temporal."""
     case = rounded_case(case, dtype)
     expected = case.oracle_output()
     actual = forward(_run(impl, case, device, dtype), case, device, dtype)
@@ -138,13 +155,10 @@ def gradients_match_oracle(impl, case, device, dtype):
     hand-written VJP (the table gradient is a scatter-add over the index)."""
     case = rounded_case(case, dtype)
     expected = case.oracle_vjp()
-    magnitudes = case.oracle_vjp_magnitudes()  # the floor counts ulps of the terms, not of a cancelled result
+    magnitudes = case.oracle_vjp_magnitudes()
     actual = gradients(_run(impl, case, device, dtype, train=True), case, device, dtype)
     baseline = gradients(_run(EAGER, case, device, dtype, train=True), case, device, dtype)
-    for name, grad in expected.items():
-        assert name in actual, f"no gradient for {name!r}"
-        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"grad of {name}",
-                     magnitude=float(np.max(magnitudes[name], initial=0.0)))
+    assert_gradients_close(actual, expected, baseline=baseline, magnitudes=magnitudes, dtype=dtype)
 
 
 @register(KIND, with_qkv_bias, dtypes=HIGH)
@@ -240,8 +254,8 @@ def mask_window_assignment_is_batch_major(impl, case, device, dtype):
 
 @register(KIND, rst.window_attention_cases(mask=True), dtypes=HIGH)
 def zero_mask_changes_nothing_and_temporal_ignores_mask(impl, case, device, dtype):
-    """An all-zero window mask gives the unmasked result; in temporal mode any mask is ignored (bit-identical
-    output)."""
+    """A window mask that allows everything (all 0, or all True) gives the unmasked result; in temporal mode any
+    mask is ignored (bit-identical output)."""
     case = rounded_case(case, dtype)
     module = _run(impl, case, device, dtype)
     if case.temporal:
@@ -249,7 +263,7 @@ def zero_mask_changes_nothing_and_temporal_ignores_mask(impl, case, device, dtyp
         without = module(to_tensor(case.x, device, dtype), None, True)
         assert torch.equal(with_mask, without), "temporal mode output changed when a mask was passed"
         return
-    zeros = np.zeros_like(case.mask)
+    zeros = np.ones_like(case.mask) if case.mask.dtype == bool else np.zeros_like(case.mask)  # allows everything
     expected = reference.window_attention(case.x, case.params, **{**case.oracle_kwargs(), "mask": None})
     actual = forward(module, case, device, dtype, mask=zeros)
     baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype, mask=zeros)
@@ -278,7 +292,7 @@ def cached_bias_never_goes_stale(impl, case, device, dtype):
             eager.load_state_dict(dict(module.named_parameters()), strict=False)  # never the module's buffers
             baseline = eager(x, mask, case.temporal)
         params = _current_params(module)
-        mask_now = None if mask is None else mask.double().cpu().numpy()
+        mask_now = None if mask is None else (mask if mask.dtype == torch.bool else mask.double()).cpu().numpy()
         expected = reference.window_attention(case.x, params, **{**case.oracle_kwargs(), "mask": mask_now})
         assert_close(actual, expected, baseline=baseline, dtype=dtype, what=f"output after {step}")
 
@@ -299,7 +313,9 @@ def cached_bias_never_goes_stale(impl, case, device, dtype):
     check(f"a .data swap of {table}")
     if mask is not None:
         with torch.no_grad():
-            mask.copy_(to_tensor(rst.random_window_mask(case.n_windows, case.n_tokens, rng), device, dtype))
+            fresh_mask = rst.random_window_mask(case.n_windows, case.n_tokens, rng, convention=case.mask_convention,
+                                                fully_masked_rows=case.fully_masked_rows)
+            mask.copy_(to_tensor(fresh_mask, device, dtype))
         check("an in-place edit of the mask")
 
 

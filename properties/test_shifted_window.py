@@ -1,0 +1,56 @@
+"""refimpl.optimized's window functions against the oracle: partition / reverse (exact: they are permutations),
+the mask in its three conventions, and the mask cache."""
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refimpl import optimized, reference
+from refimpl import strategies as rst
+from refimpl.properties import available_devices
+
+devices = st.sampled_from(available_devices())
+
+
+@given(rst.shifted_window_configs(), st.integers(1, 3), st.integers(1, 3), devices)
+def test_partition_and_reverse_equal_the_oracle_exactly(geometry, batch, channels, device):
+    H, W, ws, _ = geometry.args
+    x = np.random.default_rng(batch).standard_normal((batch, H, W, channels))
+    windows = optimized.window_partition(torch.as_tensor(x, device=device), ws)
+    np.testing.assert_array_equal(windows.cpu().numpy(), reference.window_partition(x, ws))
+    np.testing.assert_array_equal(optimized.window_reverse(windows, ws, H, W).cpu().numpy(), x)
+
+
+@given(rst.shifted_window_configs(), st.sampled_from([-100.0, -np.inf]), devices)
+def test_mask_conventions_equal_the_oracle(geometry, fill, device):
+    """Additive masks equal the oracle's with the same fill; the boolean one is exactly "oracle == 0"."""
+    expected = reference.shifted_window_mask(*geometry.args, fill=fill)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        mask = optimized.shifted_window_mask(*geometry.args, fill, device=device, dtype=dtype)
+        assert mask.dtype == dtype and mask.device.type == device
+        np.testing.assert_array_equal(mask.double().cpu().numpy(), expected)
+    allowed = optimized.shifted_window_mask(*geometry.args, device=device, dtype=torch.bool)
+    np.testing.assert_array_equal(allowed.cpu().numpy(), expected == 0)
+
+
+def test_mask_is_cached_per_geometry_fill_device_and_dtype_and_rebuilt_after_an_in_place_edit():
+    first = optimized.shifted_window_mask(8, 8, 4, 2)
+    assert optimized.shifted_window_mask(8, 8, 4, 2) is first
+    assert optimized.shifted_window_mask(8, 8, 4, 2, dtype=torch.float64) is not first
+    assert optimized.shifted_window_mask(8, 8, 4, 2, float("-inf")) is not first
+    assert optimized.shifted_window_mask(8, 8, 4, 1) is not first
+    first.zero_()  # a user edits the shared tensor in place: the cache must notice
+    again = optimized.shifted_window_mask(8, 8, 4, 2)
+    assert again is not first
+    np.testing.assert_array_equal(again.numpy(), reference.shifted_window_mask(8, 8, 4, 2))
+
+
+def test_repeated_map_level_calls_reuse_one_cached_bias():
+    """Repeated map-level calls reuse the cached mask, so the module's combined-bias cache hits (one entry)."""
+    module = optimized.WindowAttention(dim=4, num_ttokens=1, window_size=2, num_heads=2, use_temporal=False).eval()
+    x = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        first = optimized.shifted_window_attention(x, module, window_size=2, shift_size=1)
+        second = optimized.shifted_window_attention(x, module, window_size=2, shift_size=1)
+    assert torch.equal(first, second) and len(module._bias_cache) == 1

@@ -1,0 +1,21 @@
+"""Every registered mask-generator property, against the implementation under test (default: refimpl.optimized),
+and against the oracle itself (its definition must satisfy the closed-form counts too)."""
+
+import pytest
+
+from refimpl import reference
+from refimpl.properties import Implementation, properties_for, run_property
+from refimpl.properties.shifted_window import MASK_KIND
+
+PROPERTIES = [pytest.param(prop, id=prop.name) for prop in properties_for(MASK_KIND)]
+ORACLE = Implementation(MASK_KIND, "refimpl.reference:shifted_window_mask", reference.shifted_window_mask)
+
+
+@pytest.mark.parametrize("prop", PROPERTIES)
+def test_shifted_window_mask(prop, shifted_window_mask_impl):
+    run_property(prop, shifted_window_mask_impl, "cpu", "float32")
+
+
+@pytest.mark.parametrize("prop", PROPERTIES)
+def test_oracle_mask(prop):
+    run_property(prop, ORACLE, "cpu", "float32")

@@ -1,0 +1,109 @@
+"""Swin's windows on tensors: partition / reverse as views, the shifted-window mask built vectorized and cached,
+and map-level (shifted) window attention on top of ``refimpl.optimized.WindowAttention``.
+
+Each function means what its namesake in ``refimpl.reference`` means; properties check them against it (and the
+map-level operation against a second oracle that shares no code with the roll, the partition or the mask).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from refimpl import _validate as v
+
+__all__ = ["window_partition", "window_reverse", "shifted_window_mask", "shifted_window_attention"]
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, H, W, C) -> (B*nW, ws, ws, C)``, window row ``b*nW + wr*(W//ws) + wc`` (batch-major)."""
+    b, h, w, c = v.map_bhwc("x", x.shape)
+    ws = v.positive_int("window_size", window_size)
+    if h % ws or w % ws:
+        raise ValueError(f"H={h} and W={w} must be multiples of window_size={ws} (nothing pads the map)")
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of ``window_partition``: ``(B*nW, ws, ws, C) -> (B, H, W, C)``."""
+    ws = v.positive_int("window_size", window_size)
+    H, W = v.positive_int("H", H), v.positive_int("W", W)
+    b = v.windows_shape("windows", windows.shape, window_size=ws, H=H, W=W)
+    x = windows.reshape(b, H // ws, W // ws, ws, ws, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, H, W, -1)
+
+
+def _axis_bands(size: int, window_size: int, shift_size: int, device) -> torch.Tensor:
+    """Band of each position of one axis of the rolled map: 0 before ``size-ws``, 1 before ``size-s``, else 2."""
+    position = torch.arange(size, device=device)
+    if shift_size == 0:
+        return torch.zeros_like(position)
+    return (position >= size - window_size).long() + (position >= size - shift_size).long()
+
+
+def _build_mask(H: int, W: int, ws: int, s: int, fill: float, device, dtype) -> torch.Tensor:
+    regions = 3 * _axis_bands(H, ws, s, device)[:, None] + _axis_bands(W, ws, s, device)[None, :]  # (H, W)
+    labels = window_partition(regions[None, :, :, None], ws).reshape(-1, ws * ws)  # (nW, N)
+    allowed = labels[:, :, None] == labels[:, None, :]  # (nW, N, N)
+    if dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, fill)
+
+
+_MASK_CACHE: OrderedDict = OrderedDict()
+_MASK_CACHE_SLOTS = 32
+
+
+def shifted_window_mask(
+    H: int, W: int, window_size: int, shift_size: int, fill: float = -100.0, *, device=None, dtype=None
+) -> torch.Tensor:
+    """Swin's shifted-window mask ``(nW, ws*ws, ws*ws)``: 0 inside a region of the rolled map, ``fill`` between
+    regions; with ``dtype=torch.bool``, the "may attend" mask (True inside a region; ``fill`` unused).
+
+    Cached per ``(H, W, window, shift, fill, device, dtype)``: repeated calls return the same tensor, so that
+    ``WindowAttention``'s own cache of the combined bias hits as well. Treat it as read-only; if it is modified
+    in place anyway, the next call notices (its version moved) and rebuilds it.
+    """
+    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    fill = v.mask_fill(fill)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not (dtype == torch.bool or dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating dtype (additive mask) or torch.bool (may-attend), got {dtype}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    key = (H, W, ws, s, fill if dtype != torch.bool else None, device, dtype)
+    hit = _MASK_CACHE.get(key)
+    if hit is not None and hit[0]._version == hit[1]:
+        _MASK_CACHE.move_to_end(key)
+        return hit[0]
+    mask = _build_mask(H, W, ws, s, fill, device, dtype)
+    _MASK_CACHE[key] = (mask, mask._version)
+    while len(_MASK_CACHE) > _MASK_CACHE_SLOTS:
+        _MASK_CACHE.popitem(last=False)
+    return mask
+
+
+def shifted_window_attention(
+    x: torch.Tensor, attn, *, window_size: int, shift_size: int, fill: float = -100.0
+) -> torch.Tensor:
+    """Swin's (shifted) window attention over a map: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    Roll by ``-s``, partition into ``ws x ws`` windows, ``attn(windows, mask)`` with the cached
+    ``shifted_window_mask(..., fill)`` (no mask when ``s == 0``, as Swin), reverse, roll back by ``+s``.
+    ``attn`` is a ``WindowAttention``-like module with ``window_size == (ws, ws)`` (any module with AIM's
+    forward works: this is how the properties exercise a user's module at map level).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    b, H, W, c = v.map_bhwc("x", x.shape)
+    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    module_window = getattr(attn, "window_size", (ws, ws))
+    if tuple(v.window_pair("attn.window_size", module_window)) != (ws, ws):
+        raise ValueError(f"attn was built with window_size={tuple(module_window)}, but window_size={ws} was given")
+    mask = shifted_window_mask(H, W, ws, s, fill, device=x.device, dtype=x.dtype) if s > 0 else None
+    shifted = torch.roll(x, shifts=(-s, -s), dims=(1, 2)) if s > 0 else x
+    windows = window_partition(shifted, ws).reshape(-1, ws * ws, c)  # (B*nW, N, C)
+    out = attn(windows, mask)
+    out = window_reverse(out.reshape(-1, ws, ws, c), ws, H, W)
+    return torch.roll(out, shifts=(s, s), dims=(1, 2)) if s > 0 else out
