@@ -14,6 +14,8 @@ from refimpl import strategies as rst
 from refimpl.eager import EagerWindowAttention
 from refimpl.optimized import WindowAttention
 
+from _support import DEVICES, random_window_attention, sync
+
 # name: (dim, heads, window, B_ rows, shifted map (H, W, shift) or None, temporal tokens or None)
 WORKLOADS = {
     "swin-t-stage1-shift": (96, 3, 7, 512, (56, 56, 3), None),
@@ -24,16 +26,12 @@ WORKLOADS = {
     "temporal-t16": (192, 6, 7, 784, None, 16),
 }
 VARIANTS = {"optimized": WindowAttention, "eager": EagerWindowAttention}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _setup(workload, variant, device):
     dim, heads, ws, rows, shifted, t_tokens = WORKLOADS[workload]
     config = rst.WindowAttentionConfig(dim=dim, num_heads=heads, window_size=(ws, ws), num_ttokens=t_tokens or 8)
-    rng = np.random.default_rng(0)
-    params = rst.random_window_attention_params(config, rng, table_scale=0.5)
-    module = VARIANTS[variant](**config.kwargs()).to(device).eval()
-    module.load_state_dict({k: torch.as_tensor(a, dtype=torch.float32) for k, a in params.items()}, strict=False)
+    module = random_window_attention(VARIANTS[variant], config, device)
     n = t_tokens or ws * ws
     x = torch.randn(rows, n, dim, device=device)
     mask = None
@@ -42,11 +40,6 @@ def _setup(workload, variant, device):
         mask = torch.as_tensor(reference.shifted_window_mask(h, w, ws, s), dtype=torch.float32, device=device)
     flops = reference.window_attention_flops(dim, heads, n, 1) * rows  # attention-core MACs of this call
     return module, x, mask, t_tokens is not None, flops
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,7 +53,7 @@ def test_window_attention_forward(benchmark, workload, variant, device, flush_de
     def run():
         with torch.inference_mode():
             out = module(x, mask, temporal)
-        _sync(device)
+        sync(device)
         return out
 
     out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)

@@ -77,7 +77,8 @@ def shifted_window_mask(
     if hit is not None and hit[0]._version == hit[1]:
         _MASK_CACHE.move_to_end(key)
         return hit[0]
-    mask = _build_mask(H, W, ws, s, fill, device, dtype)
+    with torch.inference_mode(False):  # a normal tensor: it has a version counter and works in every mode
+        mask = _build_mask(H, W, ws, s, fill, device, dtype)
     _MASK_CACHE[key] = (mask, mask._version)
     while len(_MASK_CACHE) > _MASK_CACHE_SLOTS:
         _MASK_CACHE.popitem(last=False)

@@ -123,11 +123,13 @@ class WindowAttention(nn.Module):
         zero. Its mask row is set to 0 here, so that no backend sees an all ``-inf`` row (NaN in eager softmax and
         in older SDPA math backends, 0 in newer ones), and the output row is zeroed after SDPA.
         """
-        key = (id(mask), mask._version, dtype)
+        # An inference tensor has no version counter: an in-place edit could not be seen, so it is never cached.
+        cacheable = not (mask.requires_grad or mask.is_inference())
+        key = (id(mask), mask._version if cacheable else None, dtype)
         hit = self._mask_terms_cache
-        if hit is not None and hit[0] is mask and hit[1] == key:
+        if cacheable and hit is not None and hit[0] is mask and hit[1] == key:
             return hit[2]
-        with torch.no_grad():
+        with torch.no_grad(), torch.inference_mode(False):  # cached tensors must work outside inference mode too
             if mask.dtype == torch.bool:
                 additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
             else:
@@ -141,10 +143,11 @@ class WindowAttention(nn.Module):
                 additive = additive.unsqueeze(1).masked_fill(attends_to_nothing, 0.0)
             else:
                 additive, attends_to_nothing = additive.unsqueeze(1), None
-        if mask.requires_grad:  # an additive mask being learned: keep its graph (and do not cache)
+        if mask.requires_grad:  # an additive mask being learned: keep its graph
             additive = mask.to(dtype).unsqueeze(1)
             if attends_to_nothing is not None:
                 additive = additive.masked_fill(attends_to_nothing, 0.0)
+        if not cacheable:
             return additive, attends_to_nothing
         self._mask_terms_cache = (mask, key, (additive, attends_to_nothing))
         return additive, attends_to_nothing
@@ -190,14 +193,18 @@ class WindowAttention(nn.Module):
         needs_grad = torch.is_grad_enabled() and (
             table.requires_grad or (mask is not None and mask.requires_grad)
         )
-        if needs_grad:  # a cached tensor would hold a freed autograd graph after the first backward
+        # Not cached: when a gradient must flow (a cached tensor would hold a freed autograd graph after the first
+        # backward), and when an input is an inference tensor (it has no version counter to detect edits with).
+        index = self.t_relative_coords if temporal else self.relative_position_index
+        untracked = any(t is not None and t.is_inference() for t in (table, index, mask))
+        if needs_grad or untracked:
             return self._combined_mask(temporal, mask, n_rows, dtype)
         key = self._cache_key(temporal, mask, n_rows, dtype)
         hit = self._bias_cache.get(key)
         if hit is not None and hit[0] is mask:
             self._bias_cache.move_to_end(key)
             return hit[1]
-        with torch.no_grad():
+        with torch.no_grad(), torch.inference_mode(False):  # usable outside inference mode as well
             inputs = self._combined_mask(temporal, mask, n_rows, dtype)
         self._bias_cache[key] = (mask, inputs)
         while len(self._bias_cache) > self._CACHE_SLOTS:

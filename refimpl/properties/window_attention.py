@@ -319,6 +319,38 @@ def cached_bias_never_goes_stale(impl, case, device, dtype):
         check("an in-place edit of the mask")
 
 
+@register(KIND, cases, dtypes=HIGH)
+def inference_mode_works_and_sees_in_place_mask_edits(impl, case, device, dtype):
+    """Under torch.inference_mode (inputs and mask created inside it, so they carry no version counter) the output
+    equals the oracle, also after the mask is edited in place there; and a later call with autograd on (frozen
+    parameters, x requiring grad) gives the oracle's input gradient, so nothing built under inference mode leaks
+    into a graph."""
+    case = rounded_case(case, dtype)
+    module = _run(impl, case, device, dtype)
+    eager = _run(EAGER, case, device, dtype)
+    rng = np.random.default_rng(case.seed + 3)
+    with torch.inference_mode():
+        x = to_tensor(case.x, device, dtype)
+        mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
+        actual, baseline = module(x, mask, case.temporal), eager(x, mask, case.temporal)
+    assert_close(actual, case.oracle_output(), baseline=baseline, dtype=dtype, what="output under inference_mode")
+    if mask is not None:
+        fresh = rst.random_window_mask(case.n_windows, case.n_tokens, rng, convention=case.mask_convention,
+                                       fully_masked_rows=case.fully_masked_rows)
+        fresh = fresh if fresh.dtype == bool else round_to(fresh, dtype)
+        with torch.inference_mode():
+            mask.copy_(to_tensor(fresh, device, dtype))
+            actual, baseline = module(x, mask, case.temporal), eager(x, mask, case.temporal)
+        expected = case.with_arrays(mask=fresh).oracle_output()
+        assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output after an in-place mask edit")
+        case = case.with_arrays(mask=fresh)
+    for m in (module, eager):
+        m.requires_grad_(False)
+    actual, baseline = gradients(module, case, device, dtype)["x"], gradients(eager, case, device, dtype)["x"]
+    assert_close(actual, case.oracle_vjp()["x"], baseline=baseline, dtype=dtype, what="grad of x after inference_mode",
+                 magnitude=float(np.max(case.oracle_vjp_magnitudes()["x"], initial=0.0)))
+
+
 @register(KIND, with_dropout, dtypes=FLOAT64)
 def dropout_acts_only_in_train_mode(impl, case, device, dtype):
     """With non-zero dropout rates, eval mode is deterministic and equals the oracle; train mode with a non-zero
