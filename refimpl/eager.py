@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from refimpl.optimized.temporal_model import TemporalModel
 from refimpl.optimized.window_attention import WindowAttention
 
-__all__ = ["EagerWindowAttention"]
+__all__ = ["EagerWindowAttention", "EagerTemporalModel"]
 
 
 class EagerWindowAttention(WindowAttention):
@@ -36,3 +37,15 @@ class EagerWindowAttention(WindowAttention):
         attn = self.attn_drop(attn.softmax(dim=-1))
         out = (attn @ val).transpose(1, 2).reshape(n_rows, n_tokens, channels)
         return self.proj_drop(self.proj(out))
+
+
+class EagerTemporalModel(TemporalModel):
+    """FIERY's temporal model built from the FIERY layer definitions and run as FIERY runs it, in train and eval
+    mode alike: every convolution, BatchNorm and ReLU separately, the three path entries as three convolutions,
+    the pooling branch pooled, reduced and upsampled before the concatenation. Same constructor, checks and
+    state dict as ``refimpl.optimized.TemporalModel``; the tolerance baseline and the benchmarks' "before"."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        h = self._unfused(x.permute(0, 2, 1, 3, 4))
+        return h.permute(0, 2, 1, 3, 4).contiguous()[:, self.receptive_field - 1 :]

@@ -1,6 +1,7 @@
 """Fast torch implementations: drop-in replacements for the upstream modules (same constructor, state-dict keys
 and forward), each covered by properties against the NumPy oracle in ``refimpl.reference``."""
 
+from refimpl.optimized.temporal_model import TemporalModel, TemporalModelStream
 from refimpl.optimized.window_attention import WindowAttention, relative_position_index, temporal_relative_index
 
-__all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
+__all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index", "TemporalModel", "TemporalModelStream"]
