@@ -2,6 +2,8 @@
 
 ``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation
 (a class or factory with AIM's constructor); the default is ``refimpl.optimized:WindowAttention``.
+``--temporal-model-impl MODULE:ATTR`` does the same for the temporal-model properties (FIERY's constructor);
+the default is ``refimpl.optimized:TemporalModel``.
 """
 
 import os
@@ -21,8 +23,18 @@ def pytest_addoption(parser):
         default="refimpl.optimized:WindowAttention",
         help="MODULE:ATTR of the window-attention implementation under test",
     )
+    parser.addoption(
+        "--temporal-model-impl",
+        default="refimpl.optimized:TemporalModel",
+        help="MODULE:ATTR of the temporal-model implementation under test (FIERY's constructor)",
+    )
 
 
 @pytest.fixture(scope="session")
 def window_attention_impl(request):
     return load_implementation("window_attention", request.config.getoption("--window-attention-impl"))
+
+
+@pytest.fixture(scope="session")
+def temporal_model_impl(request):
+    return load_implementation("temporal_model", request.config.getoption("--temporal-model-impl"))

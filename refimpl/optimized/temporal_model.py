@@ -5,12 +5,14 @@ The module tree, and so the state-dict keys, are FIERY's (``fiery/models/tempora
 
 * Train mode runs the blocks exactly as FIERY writes them (unfused), so batch statistics and running-statistic
   updates (with each BatchNorm's own ``momentum``) are FIERY's.
-* Eval mode runs a folded path: every BatchNorm is folded into the convolution before it (scale into the weight,
+* Inference (eval mode, autograd not recording: ``torch.no_grad``/``inference_mode``, or nothing requires grad)
+  runs a folded path: every BatchNorm is folded into the convolution before it (scale into the weight,
   shift into a bias), recomputed from the current parameters and buffers on every call, so nothing can go stale;
   the 1x1x1 convolutions that read the block input (the three path entries, and the projection when there is one)
   run as one convolution; the pooled branch is reduced on the pooled map and its share of the aggregation
   convolution is applied there, before the upsampling (both are linear, per channel plane); activations are kept
-  ``channels_last_3d``, which oneDNN's CPU Conv3d runs faster (measured, README).
+  ``channels_last_3d``, which oneDNN's CPU Conv3d runs faster (measured, README). Eval mode under autograd runs
+  the unfolded blocks (see ``TemporalModel._can_fold``).
 * ``TemporalModel.stream()`` feeds one frame at a time: each block keeps the previous frame of its path-A entry
   activation and of its pooled cell means, the whole state the causal receptive field needs.
 """
@@ -355,10 +357,19 @@ class TemporalModel(nn.Module):
             x, _ = layer.fused(x, None)
         return x
 
+    def _can_fold(self, x: torch.Tensor) -> bool:
+        """Fold only for inference: eval mode with autograd not recording. Under autograd the folded BatchNorm
+        gives gamma the gradient ``(sum(g * z) - mean * sum(g)) / sigma``, which cancels in float32 where FIERY's
+        ``sum(g * (z - mean)) / sigma`` does not (measured: 20x the eager error), so eval-mode training
+        (frozen BatchNorm statistics) runs the blocks as FIERY writes them, with the running statistics."""
+        if self.training:
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         h = x.permute(0, 2, 1, 3, 4)  # (B, C, T, H, W): channels second, time as depth
-        h = self._unfused(h) if self.training else self._fused(h)
+        h = self._fused(h) if self._can_fold(x) else self._unfused(h)
         return h.permute(0, 2, 1, 3, 4).contiguous()[:, self.receptive_field - 1 :]
 
     def stream(self) -> "TemporalModelStream":

@@ -5,6 +5,7 @@ as a parameter (see ``refimpl.properties._core.Implementation``).
 """
 
 from refimpl.properties import window_attention  # noqa: F401  (registers the window-attention properties)
+from refimpl.properties import temporal_model  # noqa: F401  (registers the temporal-model properties)
 from refimpl.properties._core import (
     DTYPES,
     PROPERTIES,
