@@ -161,3 +161,75 @@ def test_masks_with_nan_or_plus_inf_are_refused(bad, words):
         reference.window_attention(np.zeros((2, 4, 8)), _oracle_params({}), num_heads=2, window_size=(2, 2), mask=mask)
     with pytest.raises(ValueError, match=re.escape(words)):
         WindowAttention(**DEFAULTS)(torch.zeros(2, 4, 8), torch.as_tensor(mask, dtype=torch.float32))
+
+
+# ---- FIERY temporal model ----
+
+from refimpl.optimized import TemporalModel  # noqa: E402
+
+TM_DEFAULTS = dict(in_channels=4, receptive_field=3, input_shape=(3, 3))
+
+# name: (constructor overrides, x shape (B, T, C, H, W), expected error, words the message must name)
+BAD_CLIPS = {
+    "x not 5-D": (dict(), (4, 3, 3, 3), ValueError, "5-D"),
+    "C != in_channels": (dict(), (1, 3, 5, 3, 3), ValueError, "in_channels=4"),
+    "map smaller than input_shape": (dict(), (1, 3, 4, 2, 3), ValueError, "smaller than input_shape"),
+    "T == 1 with pooling": (dict(), (1, 1, 4, 3, 3), ValueError, "T=1"),
+}
+
+
+def _temporal_params(overrides):
+    module = TemporalModel(**{**TM_DEFAULTS, **overrides})
+    return {k: t.detach().numpy() for k, t in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", BAD_CLIPS)
+def test_temporal_model_and_oracle_refuse_the_same_bad_clip(name):
+    overrides, shape, error, words = BAD_CLIPS[name]
+    module = TemporalModel(**{**TM_DEFAULTS, **overrides}).eval()
+    with pytest.raises(error, match=re.escape(words)):
+        module(torch.zeros(shape))
+    with pytest.raises(error, match=re.escape(words)):
+        reference.temporal_model(np.zeros(shape), _temporal_params(overrides), **{**TM_DEFAULTS, **overrides})
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(in_channels=2), ValueError, "in_channels"),  # pooling needs in // 3 >= 1; FIERY: zero-channel conv
+    (dict(in_channels=1, use_pyramid_pooling=False), ValueError, "in_channels"),
+    (dict(receptive_field=0), ValueError, "receptive_field"),
+    (dict(receptive_field=2.5), TypeError, "receptive_field"),
+    (dict(input_shape=(3,)), ValueError, "input_shape"),
+    (dict(start_out_channels=2, receptive_field=3), ValueError, "start_out_channels"),  # feeds the second block
+    (dict(extra_in_channels=-1), ValueError, "extra_in_channels"),
+])
+def test_temporal_model_constructor_and_oracle_refuse_bad_sizes(kwargs, error, words):
+    config = {**TM_DEFAULTS, **kwargs}
+    with pytest.raises(error, match=re.escape(words)):
+        TemporalModel(**config)
+    with pytest.raises(error, match=re.escape(words)):
+        reference.temporal_model_state_shapes(**config)
+
+
+def test_temporal_model_input_types_and_fewer_frames_than_r():
+    module = TemporalModel(**TM_DEFAULTS).eval()
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        module(np.zeros((1, 3, 4, 3, 3)))
+    with pytest.raises(TypeError, match="floating dtype"):
+        module(torch.zeros((1, 3, 4, 3, 3), dtype=torch.int64))
+    # T < R is not an error: FIERY returns an empty time axis, and so do the module and the oracle
+    assert module(torch.zeros((2, 2, 4, 3, 3))).shape == (2, 0, 64, 3, 3)
+    params = _temporal_params({})
+    assert reference.temporal_model(np.zeros((2, 2, 4, 3, 3)), params, **TM_DEFAULTS).shape == (2, 0, 64, 3, 3)
+
+
+def test_stream_refuses_train_mode_and_frames_of_another_shape():
+    module = TemporalModel(**TM_DEFAULTS)
+    stream = module.stream()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        stream.step(torch.zeros(1, 4, 3, 3))
+    module.eval()
+    with pytest.raises(ValueError, match=re.escape("(B, C, H, W)")):
+        stream.step(torch.zeros(1, 1, 4, 3, 3))
+    stream.step(torch.zeros(1, 4, 3, 3))
+    with pytest.raises(ValueError, match="reset()"):
+        stream.step(torch.zeros(2, 4, 3, 3))

@@ -2,15 +2,10 @@
 
 import pytest
 
-from refimpl.properties import available_devices, properties_for, run_property
+from refimpl.properties import properties_for, property_grid, run_property
 from refimpl.properties.window_attention import EAGER, KIND
 
-CASES = [
-    pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}")
-    for prop in properties_for(KIND)
-    for device in available_devices()
-    for dtype in prop.dtypes
-]
+CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}") for prop, device, dtype in property_grid(KIND)]
 
 
 @pytest.mark.parametrize("prop, device, dtype", CASES)

@@ -150,3 +150,85 @@ def windows_shape(name: str, shape, *, window_size: int, H: int, W: int) -> int:
             f"{name} has {shape[0]} windows, not a multiple of nW = (H/ws)*(W/ws) = {per_image} for a {H}x{W} map"
         )
     return shape[0] // per_image
+
+
+def non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def temporal_model_config(
+    in_channels, receptive_field, input_shape, start_out_channels, extra_in_channels,
+    n_spatial_layers_between_temporal_layers,
+) -> tuple[int, int, tuple[int, int], int, int, int]:
+    """FIERY ``TemporalModel`` constructor sizes, checked; see ``temporal_model_layers`` for the channel floors."""
+    return (
+        positive_int("in_channels", in_channels),
+        positive_int("receptive_field", receptive_field),
+        window_pair("input_shape", input_shape),
+        positive_int("start_out_channels", start_out_channels),
+        non_negative_int("extra_in_channels", extra_in_channels),
+        non_negative_int("n_spatial_layers_between_temporal_layers", n_spatial_layers_between_temporal_layers),
+    )
+
+
+def temporal_model_layers(
+    in_channels: int, receptive_field: int, start_out_channels: int, extra_in_channels: int,
+    n_spatial_layers_between_temporal_layers: int, use_pyramid_pooling: bool,
+) -> list[tuple[str, int, int]]:
+    """FIERY's layer list: ``("temporal", in, out)`` and ``("spatial", c, c)`` entries in ``model.<k>`` order.
+
+    Raises ``ValueError`` for a width that would give upstream a zero-channel convolution: a TemporalBlock input
+    below 3 with pyramid pooling (``in // 3 == 0`` pooled channels) or below 2 without (``in // 2 == 0`` per path),
+    a Bottleneck3D width below 2 (``c // 2 == 0`` bottleneck channels)."""
+    layers = []
+    block_in, block_out = in_channels, start_out_channels
+    least = 3 if use_pyramid_pooling else 2
+    for _ in range(receptive_field - 1):
+        if block_in < least:
+            name = "in_channels" if block_in == in_channels and not layers else "start_out_channels"
+            raise ValueError(
+                f"a TemporalBlock input of {block_in} channels ({name}) is too narrow: it needs >= {least} "
+                f"(in // 2 channels per path{' and in // 3 pooled channels' if use_pyramid_pooling else ''}; "
+                f"upstream fails with a zero-channel convolution)"
+            )
+        layers.append(("temporal", block_in, block_out))
+        for _ in range(n_spatial_layers_between_temporal_layers):
+            if block_out < 2:
+                raise ValueError(
+                    f"a Bottleneck3D of {block_out} channels (start_out_channels) is too narrow: it needs >= 2 "
+                    f"(c // 2 bottleneck channels)"
+                )
+            layers.append(("spatial", block_out, block_out))
+        block_in, block_out = block_out, block_out + extra_in_channels
+    return layers
+
+
+def temporal_model_input(
+    name: str, shape, *, in_channels: int, receptive_field: int, input_shape, use_pyramid_pooling: bool
+) -> tuple[int, int, int, int, int]:
+    """Checks ``x`` ``(B, T, C, H, W)`` against a FIERY temporal model; returns the five sizes."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 5:
+        raise ValueError(f"{name} must be 5-D (B, T, C, H, W), got shape {shape}")
+    b, t, c, h, w = shape
+    if c != in_channels:
+        raise ValueError(f"{name} has C={c} channels (shape {shape}), but the model was built with in_channels={in_channels}")
+    if min(b, t, h, w) < 1:
+        raise ValueError(f"{name} must have B, T, H, W >= 1, got shape {shape}")
+    if use_pyramid_pooling and receptive_field >= 2:
+        ph, pw = input_shape
+        if h < ph or w < pw:
+            raise ValueError(
+                f"{name} has a {h}x{w} map, smaller than input_shape={(ph, pw)}: the pyramid pooling kernel covers "
+                f"input_shape, so the map must be at least that large"
+            )
+        if t == 1:
+            raise ValueError(
+                f"{name} has T=1 frame, but pyramid pooling averages over 2 frames and needs T >= 2 "
+                f"(upstream's AvgPool3d rejects T=1)"
+            )
+    return b, t, c, h, w

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from refimpl.optimized.temporal_model import TemporalModel
 from refimpl.optimized.window_attention import WindowAttention
 
-__all__ = ["EagerWindowAttention", "eager_shifted_window_mask", "eager_shifted_window_attention"]
+__all__ = ["EagerWindowAttention", "eager_shifted_window_mask", "eager_shifted_window_attention", "EagerTemporalModel"]
 
 
 class EagerWindowAttention(WindowAttention):
@@ -78,3 +79,15 @@ def eager_shifted_window_attention(x: torch.Tensor, attn, *, window_size: int, s
     out = attn(windows, mask)
     out = out.view(b, H // ws, W // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, H, W, c)
     return torch.roll(out, shifts=(s, s), dims=(1, 2)) if s > 0 else out
+
+
+class EagerTemporalModel(TemporalModel):
+    """FIERY's temporal model built from the FIERY layer definitions and run as FIERY runs it, in train and eval
+    mode alike: every convolution, BatchNorm and ReLU separately, the three path entries as three convolutions,
+    the pooling branch pooled, reduced and upsampled before the concatenation. Same constructor, checks and
+    state dict as ``refimpl.optimized.TemporalModel``; the tolerance baseline and the benchmarks' "before"."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        h = self._unfused(x.permute(0, 2, 1, 3, 4))
+        return h.permute(0, 2, 1, 3, 4).contiguous()[:, self.receptive_field - 1 :]

@@ -7,6 +7,7 @@ from refimpl.optimized.shifted_window import (
     window_partition,
     window_reverse,
 )
+from refimpl.optimized.temporal_model import TemporalModel, TemporalModelStream
 from refimpl.optimized.window_attention import WindowAttention, relative_position_index, temporal_relative_index
 
 __all__ = [
@@ -17,4 +18,6 @@ __all__ = [
     "window_reverse",
     "shifted_window_mask",
     "shifted_window_attention",
+    "TemporalModel",
+    "TemporalModelStream",
 ]

@@ -6,6 +6,7 @@ as a parameter (see ``refimpl.properties._core.Implementation``).
 
 from refimpl.properties import window_attention  # noqa: F401  (registers the window-attention properties)
 from refimpl.properties import shifted_window  # noqa: F401  (map-level and mask-generator properties)
+from refimpl.properties import temporal_model  # noqa: F401  (registers the temporal-model properties)
 from refimpl.properties._core import (
     DTYPES,
     PROPERTIES,
@@ -14,7 +15,10 @@ from refimpl.properties._core import (
     Property,
     load_implementation,
     properties_for,
+    property_grid,
     run_property,
+    Unsupported,
 )
 
-__all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation", "properties_for", "run_property"]
+__all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation", "properties_for", "property_grid", "run_property",
+           "Unsupported"]

@@ -16,7 +16,10 @@ import hypothesis
 from hypothesis import given
 from hypothesis.strategies import SearchStrategy
 
-__all__ = ["available_devices", "Implementation", "Property", "PROPERTIES", "register", "run_property", "load_implementation", "DTYPES"]
+__all__ = [
+    "available_devices", "Implementation", "Property", "PROPERTIES", "register", "run_property", "load_implementation",
+    "DTYPES", "Unsupported", "property_grid",
+]
 
 DTYPES = {
     "float64": torch.float64,
@@ -24,6 +27,11 @@ DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+
+class Unsupported(Exception):
+    """Raised by a check when the implementation under test lacks an optional capability the property needs
+    (e.g. streaming); ``run_property`` re-raises it once, so it becomes a reported skip with the reason."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +77,29 @@ def properties_for(kind: str) -> list[Property]:
     return [p for p in PROPERTIES if p.kind == kind]
 
 
+def property_grid(kind: str) -> list[tuple[Property, str, str]]:
+    """Every ``(property, device, dtype)`` of ``kind`` to run here: each device present, each dtype it applies to."""
+    return [(prop, device, dtype) for prop in properties_for(kind) for device in available_devices()
+            for dtype in prop.dtypes]
+
+
 def run_property(
     prop: Property, impl: Implementation, device: str, dtype: str, settings=None, seed: int | None = None
 ) -> None:
     """Run one property under Hypothesis (the active profile unless ``settings`` is given, and Hypothesis' seed
-    ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes."""
+    ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes, or raises
+    ``Unsupported`` when the implementation lacks a capability the property needs."""
+
+    unsupported: list[Unsupported] = []
 
     @given(case=prop.cases)
     def run(case):
-        prop.check(impl, case, device, DTYPES[dtype])
+        if unsupported:  # the capability is missing: nothing left to check on later examples
+            return
+        try:
+            prop.check(impl, case, device, DTYPES[dtype])
+        except Unsupported as exc:
+            unsupported.append(exc)
 
     if settings is not None:
         run = settings(run)
@@ -85,6 +107,8 @@ def run_property(
         run = hypothesis.seed(seed)(run)
     run.__name__ = run.__qualname__ = f"{prop.name}[{impl.name}-{device}-{dtype}]"
     run()
+    if unsupported:
+        raise unsupported[0]
 
 
 def load_implementation(kind: str, spec: str) -> Implementation:

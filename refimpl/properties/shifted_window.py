@@ -157,8 +157,8 @@ def perturbing_a_token_changes_only_its_own_shifted_window(impl, case, device, d
         return
     oracle = case.oracle_output()
     oracle_change = np.abs(case.with_arrays(x=x2).oracle_output() - oracle).max(axis=-1)
-    # the oracle's own leak (~e^-100 relative) is far below float64 rounding
-    assert (oracle_change[outside] <= error_bound(oracle, None, "float64")).all(), "the oracle's -100 mask leaks"
+    # The allowance is the oracle's own -100 leak, not zero: it is ~e^(gap-100) relative, which large logit gaps
+    # lift above float64 rounding (the thorough profile found one with qk_scale 2: H=4, W=12, ws 4, s 2).
     allowed = oracle_change + error_bound(oracle, None, dtype)
     worst = np.unravel_index(np.argmax(np.where(outside, change - allowed, -np.inf)), change.shape)
     assert change[worst] <= allowed[worst], (

@@ -1,0 +1,58 @@
+"""FIERY's temporal model on FIERY's own configuration: refimpl's folded eval path against the FIERY layers.
+
+in_channels 70 (64 encoder + 6 ego-motion), receptive field 3, 200x200 BEV, start_out_channels 64, batch 1, T = 3
+(FIERY feeds exactly R frames and keeps the one present output). "eager" is ``refimpl.eager.EagerTemporalModel``:
+FIERY's modules run as FIERY runs them (every Conv3d, BatchNorm3d and ReLU separately). "optimized" is
+``refimpl.optimized.TemporalModel`` in inference: BatchNorm folded, the path entries as one convolution, pooled
+branch aggregated before the upsample, channels_last_3d. "stream" is one ``TemporalModelStream.step`` on a warm
+stream: the same present output from one new frame. Forward only, float32, under ``torch.inference_mode``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from refimpl import strategies as rst
+from refimpl.eager import EagerTemporalModel
+from refimpl.optimized import TemporalModel
+
+from _support import DEVICES, sync
+
+FIERY = rst.TemporalModelConfig(in_channels=70, receptive_field=3, input_shape=(200, 200), start_out_channels=64)
+VARIANTS = {"optimized": TemporalModel, "eager": EagerTemporalModel, "stream": TemporalModel}
+
+
+def _model(module_class, device):
+    params = rst.random_temporal_model_params(FIERY, np.random.default_rng(0))
+    module = module_class(**FIERY.kwargs())
+    module.load_state_dict({k: torch.as_tensor(a) if k.endswith("tracked") else torch.as_tensor(a, dtype=torch.float32)
+                            for k, a in params.items()}, strict=True)
+    return module.to(device).eval()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_temporal_model_forward(benchmark, variant, device, flush_denormal):
+    module = _model(VARIANTS[variant], device)
+    clip = torch.randn(1, FIERY.receptive_field, FIERY.in_channels, *FIERY.input_shape, device=device)
+    benchmark.group = f"fiery-temporal-70ch-r3-200x200 {device} {'ftz' if flush_denormal else 'denormals'}"
+    benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=flush_denormal)
+
+    if variant == "stream":
+        stream = module.stream()
+        for t in range(clip.shape[1]):  # warm: the state of the frames before the newest
+            stream.step(clip[:, t])
+
+        def run():
+            out = stream.step(clip[:, -1])
+            sync(device)
+            return out[:, None]
+    else:
+        def run():
+            with torch.inference_mode():
+                out = module(clip)
+            sync(device)
+            return out
+
+    out = benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    assert out.shape == (1, 1, module.out_channels, *FIERY.input_shape) and torch.isfinite(out).all()
