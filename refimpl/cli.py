@@ -1,4 +1,5 @@
-"""``refimpl``: the command line. ``refimpl verify`` runs the property suite against an implementation.
+"""``refimpl``: the command line. ``refimpl verify`` runs the property suite against an implementation;
+``refimpl flops`` prints analytic MAC/FLOP counts.
 
     refimpl verify [--target KIND=MODULE:ATTR]... [--device cpu|cuda|all] [--dtype float64,float32,...]
                    [--max-examples N] [--seed S] [--property NAME]... [--report PATH.json] [--markdown PATH.md]
@@ -51,7 +52,34 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--property", action="append", default=[], help="run only these properties")
     verify.add_argument("--report", metavar="PATH.json", help="write a JSON report")
     verify.add_argument("--markdown", metavar="PATH.md", help="write a Markdown summary table")
+    flops = sub.add_parser("flops", help="print analytic MAC and FLOP counts of named configurations")
+    flops.add_argument("configs", nargs="*", metavar="NAME",
+                       help="swin-t, swin-s, swin-b, aim-swin-t, aim-swin-b, fiery (default: all)")
+    flops.add_argument("--window-attention", nargs=4, type=int, metavar=("DIM", "HEADS", "N", "T"),
+                       help="one AIM WindowAttention window instead of a named model")
+    flops.add_argument("--image-size", type=int, default=224, help="Swin/AIM input side (default 224)")
+    flops.add_argument("--frames", type=int, default=None, help="AIM temporal tokens (default 8) or FIERY frames (3)")
+    flops.add_argument("--bev", type=int, default=200, help="FIERY BEV side (default 200)")
     return parser
+
+
+def flops(argv: list[str]) -> int:
+    args = _parser().parse_args(["flops", *argv])
+    from refimpl.flops_table import PRESETS, rows_for, table, window_attention_rows
+
+    try:
+        if args.window_attention:
+            rows = window_attention_rows(*args.window_attention)
+        else:
+            rows = [row for name in (args.configs or PRESETS)
+                    for row in rows_for(name, image_size=args.image_size, frames=args.frames, bev=args.bev)]
+    except (TypeError, ValueError) as exc:
+        print(f"refimpl flops: {exc}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    print("\nMACs: multiply-accumulates, the unit of Swin's and AIM's published \"FLOPs\" and of fvcore; "
+          "FLOPs = 2 x MACs, the unit of torch.utils.flop_counter.")
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] == "verify":
         return verify(argv[1:])
+    if argv[0] == "flops":
+        return flops(argv[1:])
     _parser().parse_args(argv)  # prints the usage error and exits 2
     return 2
 

@@ -9,6 +9,8 @@ Notation: ``B_`` rows of ``N`` tokens with ``C`` channels, ``nH`` heads of ``d =
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -17,6 +19,8 @@ import numpy as np
 from refimpl import _validate as v
 
 __all__ = [
+    "counting_macs",
+    "MacTally",
     "relative_position_index",
     "temporal_relative_index",
     "softmax",
@@ -26,6 +30,15 @@ __all__ = [
     "window_attention_vjp",
     "window_attention_vjp_magnitudes",
     "window_attention_flops",
+    "window_attention_flops_upstream",
+    "swin_window_attention_macs",
+    "aim_block_attention_macs",
+    "aim_model_attention_macs",
+    "swin_model_mac_terms",
+    "swin_model_macs",
+    "temporal_model_macs",
+    "macs_to_flops",
+    "flops_to_macs",
     "additive_mask",
     "window_partition",
     "window_reverse",
@@ -60,6 +73,48 @@ __all__ = [
     "temporal_model",
     "temporal_model_vjp",
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting the work the oracle does (to cross-check the FLOP formulas)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MacTally:
+    """Multiply-accumulates counted by ``counting_macs``."""
+
+    macs: int = 0
+
+
+_TALLIES: list[MacTally] = []
+
+
+@contextlib.contextmanager
+def counting_macs():
+    """Count the multiply-accumulates of every matmul-like contraction the oracle performs in the block (the
+    forward's linears, ``q@k^T``, ``attn@v`` and convolutions; not softmax, norms, pooling or resizing, as
+    ``torch.utils.flop_counter`` and the published conventions)::
+
+        with reference.counting_macs() as tally:
+            reference.window_attention(x, params, num_heads=3, window_size=7)
+        tally.macs"""
+    tally = MacTally()
+    _TALLIES.append(tally)
+    try:
+        yield tally
+    finally:
+        _TALLIES.remove(tally)
+
+
+def _contract(spec: str, a, b) -> np.ndarray:
+    """``np.einsum(spec, a, b)`` for a product summed over shared indices: it does one multiply-accumulate per
+    combination of all the indices, which is what the active tallies are charged."""
+    if _TALLIES:
+        sizes = dict(zip(spec.split("->")[0].replace(",", ""), (*np.shape(a), *np.shape(b))))
+        for tally in _TALLIES:
+            tally.macs += math.prod(sizes.values())
+    return np.einsum(spec, a, b)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,14 +269,14 @@ def window_attention_stages(
     mask_rows = np.zeros((n_rows, n_tokens, n_tokens)) if temporal else _mask_rows(mask, n_rows, n_tokens)
     scale = _attention_scale(head_dim, qk_scale)
 
-    qkv = np.einsum("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
+    qkv = _contract("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
     qkv = qkv.reshape(n_rows, n_tokens, 3, num_heads, head_dim)
     q, k, val = (np.einsum("bnhe->bhne", qkv[:, :, s]) for s in range(3))  # each (B_, nH, N, d)
 
-    logits = scale * np.einsum("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
+    logits = scale * _contract("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
     probs = softmax(logits, axis=-1)
-    context = np.einsum("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
-    out = np.einsum("bnc,oc->bno", context, w_proj) + b_proj
+    context = _contract("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
+    out = _contract("bnc,oc->bno", context, w_proj) + b_proj
     return WindowAttentionStages(scale, q, k, val, bias, mask_rows, logits, probs, context, out)
 
 
@@ -547,19 +602,132 @@ def shifted_window_attention_per_token(
 
 
 def window_attention_flops(dim: int, num_heads: int, N: int, T: int, temporal: bool = False) -> int:
-    """AIM's ``WindowAttention.flops(N, T, temporal)``: multiply-accumulates (MACs) of ``q@k^T`` and
-    ``attn@v`` only (qkv and proj are commented out upstream).
+    """AIM's ``WindowAttention.flops(N, T, temporal)``, in **MACs** (multiply-accumulates, as the "FLOPs" of Swin
+    and AIM): ``q@k^T`` and ``attn@v`` only (AIM comments out qkv and proj).
 
-    ``N`` is tokens per spatial window (ws^2), ``T`` the number of temporal tokens. Temporal:
-    ``2*C*N*T^2``; spatial: ``2 * nH * (C // nH) * N^2 * T``. The floor division is upstream's: it silently
-    undercounts when ``dim % num_heads != 0`` (a configuration whose forward cannot run).
-    """
+    ``N`` is tokens per spatial window (ws^2), ``T`` the number of temporal tokens. Temporal: ``2*C*N*T^2`` (N
+    positions, each attending over T tokens); spatial: ``2 * nH * d * N^2 * T`` (one window over T frames).
+    Raises ``ValueError`` when ``dim % num_heads != 0``, where upstream's floor division silently undercounts
+    (a configuration whose forward cannot run); ``window_attention_flops_upstream`` keeps that behaviour."""
+    v.head_dim(v.positive_int("dim", dim), v.positive_int("num_heads", num_heads), "dim")
+    return window_attention_flops_upstream(dim, num_heads, N, T, temporal)
+
+
+def window_attention_flops_upstream(dim: int, num_heads: int, N: int, T: int, temporal: bool = False) -> int:
+    """AIM's formula exactly as upstream writes it (MACs), floor division included: for ``dim % num_heads != 0``
+    it counts ``nH * (dim // nH)`` channels, not ``dim`` (C=10, nH=3: 345,744 instead of 384,160)."""
     dim, num_heads = v.positive_int("dim", dim), v.positive_int("num_heads", num_heads)
     N, T = v.positive_int("N", N), v.positive_int("T", T)
     if temporal:
         return dim * N * T * T * 2
     head_dim = dim // num_heads
     return num_heads * N * head_dim * N * T + num_heads * N * N * head_dim * T
+
+
+def swin_window_attention_macs(dim: int, num_heads: int, N: int) -> int:
+    """Swin's ``WindowAttention.flops(N)`` in MACs for one window of ``N`` tokens: qkv ``3*N*C^2`` + ``q@k^T``
+    ``nH*N*d*N`` + ``attn@v`` ``nH*N*N*d`` + proj ``N*C^2`` = ``4*N*C^2 + 2*N^2*C`` (biases not counted)."""
+    dim, num_heads, N = v.positive_int("dim", dim), v.positive_int("num_heads", num_heads), v.positive_int("N", N)
+    head_dim = v.head_dim(dim, num_heads, "dim")
+    return 3 * N * dim * dim + 2 * num_heads * N * N * head_dim + N * dim * dim
+
+
+def aim_block_attention_macs(dim, num_heads, H, W, window_size, T, t_attn=True) -> float:
+    """AIM's ``SwinTransformerBlock.flops()`` in MACs for one clip: ``nW * flops(ws^2, T, True)`` (when
+    ``t_attn``) + ``nW * flops(ws^2, T, False)`` with ``nW = H * W / ws / ws``, a true division, so the result is a
+    **float**, as upstream. Counts the attention matmuls only (no qkv, proj, MLP, norms): ``2*C*H*W*T^2`` +
+    ``2*C*H*W*ws^2*T``."""
+    H, W, ws = v.positive_int("H", H), v.positive_int("W", W), v.positive_int("window_size", window_size)
+    n_windows = H * W / ws / ws
+    temporal = n_windows * window_attention_flops(dim, num_heads, ws * ws, T, True) if t_attn else 0
+    return temporal + n_windows * window_attention_flops(dim, num_heads, ws * ws, T, False)
+
+
+def _stage_resolutions(image_size, patch_size, n_stages):
+    """The token map side of each Swin stage: ``image / patch``, halved by each PatchMerging."""
+    side = v.positive_int("image_size", image_size) // v.positive_int("patch_size", patch_size)
+    return [side // 2**i for i in range(n_stages)]
+
+
+def aim_model_attention_macs(embed_dim, depths, num_heads, window_size, image_size, patch_size, T,
+                             t_attn=True) -> float:
+    """AIM's ``model.flops()`` for a Swin-style backbone, in MACs per clip: the sum of ``aim_block_attention_macs``
+    over every block (AIM's PatchMerging and PatchEmbed3D report 0). The window shrinks to the map when the map is
+    smaller, as Swin's blocks do. A float, like upstream."""
+    total = 0.0
+    for stage, (depth, side) in enumerate(zip(depths, _stage_resolutions(image_size, patch_size, len(depths)))):
+        ws = min(window_size, side)
+        dim = embed_dim * 2**stage
+        total += depth * aim_block_attention_macs(dim, num_heads[stage], side, side, ws, T, t_attn)
+    return total
+
+
+def swin_model_mac_terms(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+                         image_size=224, patch_size=4, in_chans=3, mlp_ratio=4.0, num_classes=1000,
+                         patch_norm=True) -> dict[str, float]:
+    """Swin's ``SwinTransformer.flops()`` split into its terms, in MACs (defaults: Swin-T at 224x224):
+    ``patch_embed`` (the conv), ``attention`` (every block's ``nW * WindowAttention.flops(ws^2)``, qkv and proj
+    included), ``mlp`` (``2*H*W*C^2*mlp_ratio``), ``patch_merging`` (the reduction linear), ``head`` (the
+    classifier), and two terms that are not multiply-adds of a matmul, so no counter sees them: ``norms``
+    (upstream charges ``C`` per token per LayerNorm, also in PatchMerging and PatchEmbed) and ``pooling``
+    (upstream's ``num_features * H * W // 2^L`` for the final average pool). ``nW = H*W/ws/ws`` is a true division: the terms are floats."""
+    side = _stage_resolutions(image_size, patch_size, len(depths))
+    terms = dict.fromkeys(["patch_embed", "attention", "mlp", "patch_merging", "head", "norms", "pooling"], 0.0)
+    terms["patch_embed"] = side[0] * side[0] * embed_dim * in_chans * patch_size * patch_size
+    terms["norms"] += side[0] * side[0] * embed_dim if patch_norm else 0
+    for stage, depth in enumerate(depths):
+        dim, res = embed_dim * 2**stage, side[stage]
+        ws = min(window_size, res)
+        n_windows = res * res / ws / ws
+        terms["attention"] += depth * n_windows * swin_window_attention_macs(dim, num_heads[stage], ws * ws)
+        terms["mlp"] += depth * 2 * res * res * dim * dim * mlp_ratio
+        terms["norms"] += depth * 2 * dim * res * res
+        if stage < len(depths) - 1:  # PatchMerging: LayerNorm over 4C, then the 4C -> 2C linear
+            terms["norms"] += res * res * dim
+            terms["patch_merging"] += (res // 2) * (res // 2) * 4 * dim * 2 * dim
+    num_features = embed_dim * 2 ** (len(depths) - 1)
+    terms["pooling"] = num_features * side[0] * side[0] // 2 ** len(depths)
+    terms["head"] = num_features * num_classes
+    return terms
+
+
+def swin_model_macs(**config) -> float:
+    """Swin's ``SwinTransformer.flops()`` in MACs (the "4.5G FLOPs" of Swin-T are these); see
+    ``swin_model_mac_terms`` for the terms and the defaults."""
+    return sum(swin_model_mac_terms(**config).values())
+
+
+def temporal_model_macs(in_channels, receptive_field, input_shape, start_out_channels=64, extra_in_channels=0,
+                        n_spatial_layers_between_temporal_layers=0, use_pyramid_pooling=True, *, batch, frames,
+                        height, width) -> int:
+    """MACs of FIERY's ``TemporalModel`` forward on a ``(batch, frames, C, height, width)`` clip: every
+    convolution, ``B * out positions * Cout * Cin * kt * kh * kw`` (the zero padding charged like real input, as
+    ``torch.utils.flop_counter`` does), the pooling branch's on its ``(T + 1) x (H // ph) x (W // pw)`` grid. Not
+    counted (no multiply-adds of a matmul): BatchNorm, ReLU, average pooling, the bilinear resize, the residual
+    adds. FIERY's work: the first ``R - 1`` output steps are computed and then sliced off."""
+    _, layers = _model_layers(in_channels, receptive_field, input_shape, start_out_channels, extra_in_channels,
+                              n_spatial_layers_between_temporal_layers, use_pyramid_pooling)
+    batch, frames = v.positive_int("batch", batch), v.positive_int("frames", frames)
+    height, width = v.positive_int("height", height), v.positive_int("width", width)
+    ph, pw = v.window_pair("input_shape", input_shape)
+    positions = batch * frames * height * width
+    pooled_positions = batch * (frames + 1) * (height // ph) * (width // pw)
+    macs = 0
+    for _, _, units in layers:
+        for name, u in units.items():
+            per_position = u.c_out * u.c_in * math.prod(u.kernel)
+            macs += per_position * (pooled_positions if name == "pool" else positions)
+    return macs
+
+
+def macs_to_flops(macs):
+    """FLOPs counting a multiply and an add separately (``torch.utils.flop_counter``): ``2 * MACs``."""
+    return 2 * macs
+
+
+def flops_to_macs(flops):
+    """MACs (Swin's, AIM's and fvcore's "FLOPs") from ``2 * MAC`` FLOPs: ``flops / 2``."""
+    return flops / 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,7 +753,7 @@ def conv3d(x, weight) -> np.ndarray:
         for di in range(kh):
             for dj in range(kw):
                 window = x[:, :, dt : dt + t, di : di + h, dj : dj + w]
-                out += np.einsum("bcthw,oc->bothw", window, weight[:, :, dt, di, dj])
+                out += _contract("bcthw,oc->bothw", window, weight[:, :, dt, di, dj])
     return out
 
 

@@ -360,6 +360,8 @@ class TemporalModel(nn.Module):
         self.receptive_field = receptive_field
         self.input_shape = (h, w)
         self.use_pyramid_pooling = use_pyramid_pooling
+        self._start_out_channels, self._extra_in_channels = start_out_channels, extra_in_channels
+        self._n_spatial = n_spatial
 
         modules = []
         block_in_channels, block_out_channels = in_channels, start_out_channels
@@ -420,6 +422,16 @@ class TemporalModel(nn.Module):
             return out.permute(0, 1, 4, 2, 3).contiguous()
         h = self._unfused(x.permute(0, 2, 1, 3, 4))  # (B, C, T, H, W): channels second, time as depth
         return h.permute(0, 2, 1, 3, 4).contiguous()[:, self.receptive_field - 1 :]
+
+    def flops(self, frames: int, height: int, width: int, batch: int = 1) -> int:
+        """MACs of FIERY's forward on a ``(batch, frames, C, height, width)`` clip (every convolution; see
+        ``refimpl.reference.temporal_model_macs`` for what is not counted). This is FIERY's work: the inference
+        path here skips the outputs the slice drops and does about half of it when ``frames == R``."""
+        from refimpl.reference import temporal_model_macs
+
+        return temporal_model_macs(self.in_channels, self.receptive_field, self.input_shape,
+                                   self._start_out_channels, self._extra_in_channels, self._n_spatial,
+                                   self.use_pyramid_pooling, batch=batch, frames=frames, height=height, width=width)
 
     def stream(self) -> "TemporalModelStream":
         """A frame-by-frame runner over this model (eval mode; see ``TemporalModelStream``)."""

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from refimpl import reference
 from refimpl import strategies as rst
 from refimpl.eager import EagerWindowAttention
-from refimpl.properties._core import Implementation, register
+from refimpl.properties._core import Implementation, Unsupported, register
 from refimpl.tolerance import assert_close
 
 KIND = "window_attention"
@@ -369,3 +369,28 @@ def dropout_acts_only_in_train_mode(impl, case, device, dtype):
         torch.manual_seed(case.seed)
         a, b = forward(module, case, device, dtype), forward(module, case, device, dtype)
         assert not torch.equal(a, b), "train mode with dropout gave the same output twice"
+
+
+@register(KIND, cases, dtypes=("float32",))
+def flops_method_matches_the_formula_and_the_counted_work(impl, case, device, dtype):
+    """``flops(N, T, temporal)``, when the module has it, is AIM's formula (``reference.window_attention_flops``,
+    MACs of q@k^T and attn@v), and it is the attention-core work ``torch.utils.flop_counter`` sees in a forward on
+    this case: the counted MACs minus the qkv and proj linears (``4 * N * C^2`` per row). A core the counter cannot
+    see (a custom kernel) leaves only the formula checked."""
+    from refimpl.counting import count_flops
+
+    module = build(impl, case.config, case.params, device, dtype).eval()
+    if not callable(getattr(module, "flops", None)):
+        raise Unsupported("no flops(N, T, temporal) method (optional in AIM's protocol)")
+    config, (rows, n, channels) = case.config, case.x.shape
+    for tokens, frames, temporal in ((config.window_tokens, config.num_ttokens, False),
+                                     (config.window_tokens, config.num_ttokens, True), (n, 1, case.temporal)):
+        expected = reference.window_attention_flops(config.dim, config.num_heads, tokens, frames, temporal)
+        got = module.flops(tokens, frames, temporal)
+        assert got == expected, f"flops(N={tokens}, T={frames}, temporal={temporal}) = {got}, AIM's formula {expected}"
+    with torch.no_grad():
+        counted, per_op = count_flops(forward, module, case, device, dtype)
+    core = reference.flops_to_macs(counted) - rows * 4 * n * channels**2
+    if core > 0:  # spatial: B_ windows of one frame; temporal: B_ positions of T tokens
+        formula = module.flops(rows, n, True) if case.temporal else rows * module.flops(n, 1, False)
+        assert core == formula, f"counted attention core {core} MACs != flops formula {formula} ({per_op})"

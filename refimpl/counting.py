@@ -1,0 +1,41 @@
+"""Counting the work torch actually does, to cross-check the analytic formulas of ``refimpl.reference``.
+
+``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of every matmul and
+convolution (padding charged like real input, biases and elementwise work not counted). On CPU, torch 2.5 and
+later run ``F.scaled_dot_product_attention`` as ``aten._scaled_dot_product_flash_attention_for_cpu``, which has
+no formula, so the counter silently counts the attention core as 0 (``notes/ecosystem.md``). ``count_flops``
+registers the formula the counter already uses for the CUDA flash op on that CPU op first, once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import flop_counter
+
+__all__ = ["count_flops", "cpu_sdpa_formula_registered"]
+
+_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def cpu_sdpa_formula_registered() -> bool:
+    """Register (once) and report whether the counter has a formula for CPU SDPA: ``4 * B * nH * Sq * Sk * d``
+    FLOPs, ``sdpa_flop_count`` as for the CUDA kernels. False where torch lacks the op or the API (before 2.2)."""
+    if _CPU_SDPA is None or not hasattr(flop_counter, "register_flop_formula"):
+        return False
+    if _CPU_SDPA not in flop_counter.flop_registry:
+
+        def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+        flop_counter.register_flop_formula(_CPU_SDPA)(cpu_sdpa_flop)
+    return True
+
+
+def count_flops(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
+    """``(total FLOPs, FLOPs per aten op)`` of ``fn(*args, **kwargs)`` under ``FlopCounterMode`` (2 per MAC), with
+    the CPU SDPA formula registered."""
+    cpu_sdpa_formula_registered()
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), per_op
