@@ -5,37 +5,15 @@
                    [--max-examples N] [--seed S] [--property NAME]... [--report PATH.json] [--markdown PATH.md]
 
 Exit status: 0 every property held; 1 a property failed (the report names it, with the shrunk example and a
-command that replays it); 2 the target could not be imported or built, or the arguments are wrong.
+command that replays it); 2 the target could not be imported or built, does not follow the
+upstream protocol (constructor, state-dict keys, output shape), or the arguments are wrong. The same harness is
+callable from Python: ``refimpl.harness.verify``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
-import time
-from dataclasses import asdict, dataclass
-
-DEFAULT_TARGETS = {
-    "window_attention": "refimpl.optimized:WindowAttention",
-    "shifted_window_mask": "refimpl.optimized:shifted_window_mask",
-    "temporal_model": "refimpl.optimized:TemporalModel",
-}
-
-
-@dataclass
-class Outcome:
-    kind: str
-    target: str
-    property: str
-    device: str
-    dtype: str
-    status: str  # "passed" | "failed" | "skipped"
-    seconds: float
-    detail: str = ""
-    replay: str = ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,86 +67,33 @@ def _fail(message: str) -> int:
 
 def verify(argv: list[str]) -> int:
     args = _parser().parse_args(["verify", *argv])
-    import torch
-    from hypothesis import settings
+    from refimpl.harness import DEFAULT_TARGETS, ProtocolError
+    from refimpl.harness import verify as run_verify
 
-    import refimpl.profiles  # noqa: F401
-    from refimpl.properties import (DTYPES, Unsupported, available_devices, load_implementation, properties_for,
-                                    run_property)
-
-    if os.getcwd() not in sys.path:  # the contract: MODULE is importable from the current directory
-        sys.path.insert(0, os.getcwd())
-    targets = dict(DEFAULT_TARGETS) if not args.target else {}
+    targets = None
     for item in args.target:
         kind, sep, spec = item.partition("=")
         if not sep:
             return _fail(f"--target must be KIND=MODULE:ATTR, got {item!r}")
         if kind not in DEFAULT_TARGETS:
             return _fail(f"unknown kind {kind!r}; expected one of {sorted(DEFAULT_TARGETS)}")
-        targets[kind] = spec
-    devices = available_devices() if args.device == "all" else [args.device]
-    if "cuda" in devices and not torch.cuda.is_available():
-        return _fail("--device cuda, but torch sees no CUDA device")
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown:
-        return _fail(f"unknown dtype(s) {unknown}; expected a subset of {list(DTYPES)}")
-
-    base = settings.get_profile("ci")
-    run_settings = settings(base, max_examples=args.max_examples or base.max_examples,
-                            derandomize=args.seed is None, print_blob=False)
-    outcomes: list[Outcome] = []
-    for kind, spec in targets.items():
-        try:
-            impl = load_implementation(kind, spec)
-        except ValueError as exc:
-            return _fail(f"target {kind}={spec}: {exc}")
-        for prop in properties_for(kind):
-            if args.property and prop.name not in args.property:
-                continue
-            for device in devices:
-                for dtype in dtypes:
-                    replay = shlex.join(["refimpl", "verify", "--target", f"{kind}={spec}", "--property", prop.name,
-                                         "--device", device, "--dtype", dtype,
-                                         "--max-examples", str(run_settings.max_examples)]
-                                        + ([] if args.seed is None else ["--seed", str(args.seed)]))
-                    if dtype not in prop.dtypes:  # e.g. a float64-only structural law: not applicable
-                        continue
-                    start = time.perf_counter()
-                    try:
-                        run_property(prop, impl, device, dtype, settings=run_settings, seed=args.seed)
-                        status, detail = "passed", ""
-                    except Unsupported as exc:  # a capability the target does not have: a skip with its reason
-                        status, detail = "skipped", str(exc)
-                    except Exception as exc:  # any failure of the target is a verdict, reported in full
-                        notes = "\n".join(getattr(exc, "__notes__", []))
-                        status, detail = "failed", f"{type(exc).__name__}: {exc}\n{notes}".strip()
-                    outcome = Outcome(kind, spec, prop.name, device, dtype, status,
-                                      round(time.perf_counter() - start, 3), detail, replay)
-                    outcomes.append(outcome)
-                    mark = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}[status]
-                    print(f"{mark} {kind:19s} {prop.name:60s} {device:5s} {dtype:9s} {outcome.seconds:7.2f}s",
-                          flush=True)
-                    if status == "skipped":
-                        print(f"     {detail}")
-                    if status == "failed":
-                        print("     " + detail.replace("\n", "\n     "))
-                        print(f"     replay: {replay}")
-
-    failed = [o for o in outcomes if o.status == "failed"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
+        targets = {**(targets or {}), kind: spec}
+    try:
+        report = run_verify(targets, devices=None if args.device == "all" else [args.device],
+                            dtypes=[d.strip() for d in args.dtype.split(",") if d.strip()],
+                            max_examples=args.max_examples, seed=args.seed, properties=args.property,
+                            log=lambda line: print(line, flush=True))
+    except (ProtocolError, ValueError) as exc:
+        return _fail(str(exc))
+    counts = report.counts()
     print(f"refimpl verify: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     if args.report:
         with open(args.report, "w") as fh:
-            json.dump({"targets": targets, "torch": torch.__version__, "max_examples": run_settings.max_examples,
-                       "seed": args.seed, "outcomes": [asdict(o) for o in outcomes]}, fh, indent=2)
+            fh.write(report.json())
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write("| kind | property | device | dtype | result |\n|---|---|---|---|---|\n")
-            for o in outcomes:
-                why = f": {o.detail.splitlines()[0]}" if o.status == "skipped" else ""
-                fh.write(f"| {o.kind} | {o.property} | {o.device} | {o.dtype} | {o.status}{why} |\n")
-    return 1 if failed else 0
+            fh.write(report.markdown())
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,9 @@ from refimpl.properties import window_attention  # noqa: F401  (registers the wi
 from refimpl.properties import shifted_window  # noqa: F401  (map-level and mask-generator properties)
 from refimpl.properties import temporal_model  # noqa: F401  (registers the temporal-model properties)
 from refimpl.properties._core import (
+    CASE_MODES,
+    MODES,
+    Capabilities,
     DTYPES,
     PROPERTIES,
     available_devices,
@@ -20,5 +23,5 @@ from refimpl.properties._core import (
     Unsupported,
 )
 
-__all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation", "properties_for", "property_grid", "run_property",
+__all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation", "properties_for", "property_grid", "run_property", "Capabilities", "MODES", "CASE_MODES",
            "Unsupported"]

@@ -18,7 +18,7 @@ from hypothesis.strategies import SearchStrategy
 
 __all__ = [
     "available_devices", "Implementation", "Property", "PROPERTIES", "register", "run_property", "load_implementation",
-    "DTYPES", "Unsupported", "property_grid",
+    "DTYPES", "Unsupported", "property_grid", "Capabilities", "MODES", "CASE_MODES",
 ]
 
 DTYPES = {
@@ -43,6 +43,56 @@ class Implementation:
     name: str
     factory: Callable
 
+    @property
+    def capabilities(self) -> "Capabilities":
+        """What the target declares it supports (``refimpl_capabilities`` on the factory; everything if absent)."""
+        return Capabilities.declared_by(self.factory)
+
+
+# temporal mode; window masks (additive -100 / -inf); boolean may-attend masks; masks with rows that may attend to
+# nothing; a qk_scale other than the default; train mode (dropout, batch statistics); autograd.
+MODES = ("temporal", "masks", "boolean_masks", "fully_masked_rows", "qk_scale", "training", "gradients")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an implementation supports. Declare it on the class or factory as ``refimpl_capabilities = {...}``
+    with any of ``dtypes`` (names), ``devices``, and ``modes`` (a subset of ``MODES``: temporal mode, masks,
+    train mode / dropout, autograd). What is not declared is assumed supported. Whatever a target does not
+    support is a reported skip with the reason, never a failure and never silently untested."""
+
+    dtypes: tuple[str, ...] | None = None
+    devices: tuple[str, ...] | None = None
+    modes: tuple[str, ...] = MODES
+
+    @classmethod
+    def declared_by(cls, factory) -> "Capabilities":
+        declared = getattr(factory, "refimpl_capabilities", None)
+        if declared is None:
+            return cls()
+        if not isinstance(declared, dict):
+            raise ValueError(f"refimpl_capabilities must be a dict, got {type(declared).__name__}")
+        unknown = set(declared) - {"dtypes", "devices", "modes"}
+        if unknown:
+            raise ValueError(f"refimpl_capabilities has unknown keys {sorted(unknown)}; expected dtypes, devices, modes")
+        modes = tuple(declared.get("modes", MODES))
+        if set(modes) - set(MODES):
+            raise ValueError(f"refimpl_capabilities['modes'] has unknown modes {sorted(set(modes) - set(MODES))}; "
+                             f"expected a subset of {MODES}")
+        as_tuple = lambda key: None if declared.get(key) is None else tuple(declared[key])  # noqa: E731
+        return cls(as_tuple("dtypes"), as_tuple("devices"), modes)
+
+    def why_not(self, device: str, dtype: str, needs=()) -> str | None:
+        """The reason a run on ``device``/``dtype`` needing modes ``needs`` is not supported, or None."""
+        if self.devices is not None and device not in self.devices:
+            return f"the target declares devices {list(self.devices)}"
+        if self.dtypes is not None and dtype not in self.dtypes:
+            return f"the target declares dtypes {list(self.dtypes)}"
+        missing = [m for m in needs if m not in self.modes]
+        if missing:
+            return f"the target declares modes {list(self.modes)}, not {missing}"
+        return None
+
 
 @dataclass(frozen=True)
 class Property:
@@ -52,6 +102,11 @@ class Property:
     cases: SearchStrategy = field(repr=False)
     check: Callable = field(repr=False)
     dtypes: tuple[str, ...] = tuple(DTYPES)
+    needs: tuple[str, ...] = ()  # modes every case of this property uses (see MODES)
+
+
+# Per kind, the modes one drawn case uses (e.g. a temporal call, a mask): registered by the kind's module.
+CASE_MODES: dict[str, Callable] = {}
 
 
 PROPERTIES: list[Property] = []
@@ -62,12 +117,13 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def register(kind: str, cases: SearchStrategy, dtypes: tuple[str, ...] = tuple(DTYPES)):
-    """Decorator: register ``check(impl, case, device, dtype)`` as a property; its docstring is the statement."""
+def register(kind: str, cases: SearchStrategy, dtypes: tuple[str, ...] = tuple(DTYPES), needs: tuple[str, ...] = ()):
+    """Decorator: register ``check(impl, case, device, dtype)`` as a property; its docstring is the statement.
+    ``needs``: the modes (``MODES``) every case uses, so targets that declare they lack one skip it."""
 
     def wrap(check):
         doc = " ".join((check.__doc__ or "").split())
-        PROPERTIES.append(Property(check.__name__, kind, doc, cases, check, dtypes))
+        PROPERTIES.append(Property(check.__name__, kind, doc, cases, check, dtypes, tuple(needs)))
         return check
 
     return wrap
@@ -90,12 +146,22 @@ def run_property(
     ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes, or raises
     ``Unsupported`` when the implementation lacks a capability the property needs."""
 
+    capabilities = impl.capabilities
+    reason = capabilities.why_not(device, dtype, prop.needs)
+    if reason:
+        raise Unsupported(reason)
     unsupported: list[Unsupported] = []
+    examples = {"run": 0, "skipped": 0}  # returned: how many drawn cases ran, and how many the target could not
+    case_modes = CASE_MODES.get(prop.kind, lambda case: ())
 
     @given(case=prop.cases)
     def run(case):
         if unsupported:  # the capability is missing: nothing left to check on later examples
             return
+        if capabilities.why_not(device, dtype, case_modes(case)):  # e.g. a temporal case, a target without it
+            examples["skipped"] += 1
+            return
+        examples["run"] += 1
         try:
             prop.check(impl, case, device, DTYPES[dtype])
         except Unsupported as exc:
@@ -109,6 +175,9 @@ def run_property(
     run()
     if unsupported:
         raise unsupported[0]
+    if examples["run"] == 0 and examples["skipped"]:
+        raise Unsupported(f"every drawn case needs a mode the target lacks ({capabilities.why_not(device, dtype, MODES)})")
+    return examples
 
 
 def load_implementation(kind: str, spec: str) -> Implementation:

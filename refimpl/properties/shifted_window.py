@@ -106,7 +106,7 @@ gap_cases = st.tuples(
 # --------------------------------------------------------------------------------------------------
 
 
-@register(KIND, map_cases)
+@register(KIND, map_cases, needs=('masks',))
 def map_level_matches_oracle(impl, case, device, dtype):
     """Map-level (shifted) window attention around the module equals the float64 oracle (roll by -s, partition,
     masked window attention, reverse, roll back), with Swin's -100 mask and with -inf."""
@@ -117,7 +117,7 @@ def map_level_matches_oracle(impl, case, device, dtype):
     assert_close(actual, case.oracle_output(), baseline=baseline, dtype=dtype, what="map-level output")
 
 
-@register(KIND, map_cases)
+@register(KIND, map_cases, needs=('gradients', 'masks'))
 def map_level_gradients_match_oracle(impl, case, device, dtype):
     """Gradients of sum(out * grad_out) through map-level attention, with respect to the map and every
     parameter, equal the oracle's (the roll and the partition are permutations; their adjoints undo them)."""
@@ -130,7 +130,7 @@ def map_level_gradients_match_oracle(impl, case, device, dtype):
                            what="map-level grad")
 
 
-@register(KIND, map_cases, dtypes=HIGH)
+@register(KIND, map_cases, dtypes=HIGH, needs=('masks',))
 def perturbing_a_token_changes_only_its_own_shifted_window(impl, case, device, dtype):
     """Isolation: perturbing one token of the map changes the outputs of exactly the tokens that may see it (same
     shifted window, by the definition in the original frame) and nothing else: bit for bit with a -inf mask,
@@ -186,7 +186,7 @@ def without_shift_map_level_is_plain_window_attention(impl, case, device, dtype)
     assert_close(actual, expected, baseline=baseline, dtype=dtype, what="unshifted map-level output")
 
 
-@register(KIND, minus_100_map_cases, dtypes=HIGH)
+@register(KIND, minus_100_map_cases, dtypes=HIGH, needs=('masks',))
 def minus_100_matches_minus_inf_while_logits_are_bounded(impl, case, device, dtype):
     """Swin's -100 mask equals exact (-inf) masking up to a leak: in every row the masked keys hold at most
     |M| e^(gap - 100) of the probability (gap = largest masked logit minus largest allowed one), which for the
@@ -211,7 +211,7 @@ def minus_100_matches_minus_inf_while_logits_are_bounded(impl, case, device, dty
     assert_close(actual, expected, baseline=baseline, dtype=dtype, what="-100 output against the -inf oracle")
 
 
-@register(KIND, gap_cases, dtypes=HIGH)
+@register(KIND, gap_cases, dtypes=HIGH, needs=('masks', 'boolean_masks'))
 def minus_100_stops_masking_beyond_a_logit_gap_of_100(impl, drawn, device, dtype):
     """The failure mode of Swin's -100, recorded as a property rather than skipped: when a masked key's logit
     exceeds the allowed ones by more than about 100 (here 110..1000, via the bias table), the -100 mask no longer
@@ -238,7 +238,7 @@ def minus_100_stops_masking_beyond_a_logit_gap_of_100(impl, drawn, device, dtype
             assert (p_masked == 0).all(), f"{convention} mask: masked key got weight {p_masked.max():.3g}"
 
 
-@register(KIND, dead_row_cases)
+@register(KIND, dead_row_cases, needs=('masks', 'fully_masked_rows'))
 def rows_with_no_allowed_key_attend_to_nothing(impl, case, device, dtype):
     """refimpl's decision for a query row with no allowed key (all -inf, or all False): it attends to nothing,
     its attention output is 0 and its output token is exactly proj.bias, never NaN; every gradient is finite.

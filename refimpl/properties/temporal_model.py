@@ -150,7 +150,7 @@ def eval_forward_matches_oracle(impl, case, device, dtype):
             assert np.array_equal(after[key], value), f"eval forward changed {key}"
 
 
-@register(KIND, cases, dtypes=HIGH)
+@register(KIND, cases, dtypes=HIGH, needs=('training',))
 def train_forward_matches_oracle(impl, case, device, dtype):
     """Train mode output (batch statistics over (B, T, H, W), biased variance, eps 1e-5) and the updated running
     statistics (momentum update with the unbiased variance; num_batches_tracked + 1) equal the oracle's."""
@@ -178,14 +178,14 @@ def _check_gradients(impl, case, device, dtype, *, train: bool):
         assert_close(grad, expected[name], baseline=baseline[name], dtype=dtype, what=f"grad of {name}")
 
 
-@register(KIND, cases, dtypes=HIGH)
+@register(KIND, cases, dtypes=HIGH, needs=('gradients',))
 def eval_gradients_match_oracle(impl, case, device, dtype):
     """Eval mode: gradients of sum(out * grad_out) with respect to x and every parameter equal the oracle's
     hand-written VJP (nothing flows into the dropped time steps)."""
     _check_gradients(impl, case, device, dtype, train=False)
 
 
-@register(KIND, cases, dtypes=HIGH)
+@register(KIND, cases, dtypes=HIGH, needs=('training', 'gradients'))
 def train_gradients_match_oracle(impl, case, device, dtype):
     """Train mode: gradients, through the batch statistics, equal the oracle's hand-written VJP."""
     _check_gradients(impl, case, device, dtype, train=True)
@@ -275,7 +275,7 @@ def _active(case: rst.TemporalModelCase) -> rst.TemporalModelCase:
     return case.with_arrays(params=params)
 
 
-@register(KIND, leak_cases, dtypes=FLOAT64)
+@register(KIND, leak_cases, dtypes=FLOAT64, needs=('training',))
 def train_mode_leaks_across_time_and_batch(impl, case, device, dtype):
     """Train mode is NOT causal: BatchNorm statistics span (B, T, H, W). Perturbing the last frame of the last
     sample changes the earlier outputs of that sample and of every other sample, and a kept output differs from
@@ -322,7 +322,7 @@ def streaming_equals_full_recompute(impl, case, device, dtype):
         stream.reset()
 
 
-@register(KIND, cases, dtypes=HIGH)
+@register(KIND, cases, dtypes=HIGH, needs=('training', 'gradients'))
 def folded_weights_never_go_stale(impl, case, device, dtype):
     """In eval mode the output follows the current parameters and running statistics after load_state_dict, a
     training step (train-mode forward updating the statistics + an optimizer step), an in-place edit of a running

@@ -1,0 +1,22 @@
+"""timm's and torchvision's Swin window attention under the harness, through the adapters of ``refimpl.peers``.
+Skipped (with the reason) where the peers are not installed; the ``peers`` tox environment installs them with
+torch pinned."""
+
+import importlib.util
+
+import pytest
+
+from refimpl.harness import verify
+
+PEERS = {"timm": "refimpl.peers:TimmWindowAttention", "torchvision": "refimpl.peers:TorchvisionWindowAttention"}
+
+
+@pytest.mark.parametrize("package", PEERS)
+def test_peer_passes_every_property_it_supports(package):
+    if importlib.util.find_spec(package) is None or importlib.util.find_spec("torchvision") is None:
+        pytest.skip(f"{package} is not installed (tox -e peers installs it with torch pinned)")
+    report = verify({"window_attention": PEERS[package]}, devices=["cpu"], dtypes=("float64", "float32"),
+                    max_examples=30)
+    assert not report.failed, report.failed[0].detail
+    skipped = [o for o in report.outcomes if o.status == "skipped"]
+    assert all("declares" in o.detail for o in skipped), [o.detail for o in skipped]
