@@ -19,4 +19,5 @@ def test_peer_passes_every_property_it_supports(package):
                     max_examples=30)
     assert not report.failed, report.failed[0].detail
     skipped = [o for o in report.outcomes if o.status == "skipped"]
-    assert all("declares" in o.detail for o in skipped), [o.detail for o in skipped]
+    # every skip is a declared lack or the optional flops method, never an unexplained one
+    assert all("declares" in o.detail or "no flops(" in o.detail for o in skipped), [o.detail for o in skipped]
