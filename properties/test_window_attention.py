@@ -1,7 +1,11 @@
 """Every registered window-attention property, on every device present and every dtype it applies to."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+from refimpl.counting import FUSED_CPU_SDPA_OP, dispatched_ops
+from refimpl.optimized import WindowAttention
 from refimpl.properties import properties_for, property_grid, run_property
 from refimpl.properties.window_attention import EAGER, KIND
 
@@ -18,3 +22,61 @@ def test_eager_baseline_is_exact_in_float64(name):
     """The tolerance baseline itself agrees with the oracle in float64 (within the policy's floor)."""
     (prop,) = [p for p in properties_for(KIND) if p.name == name]
     run_property(prop, EAGER, "cpu", "float64")
+
+
+# ---- the optimized module on torch's CPU SDPA kernels (docs/torch-versions.md) ----
+
+MATH_OPS = {"bmm", "_softmax", "_safe_softmax"}
+
+
+def _module_inputs():
+    """refimpl's module (eval) with a 2x2 window and two windows whose masks (-100, and -inf with one row that
+    allows no key) cover the cases the module turns into one combined 4-D mask."""
+    torch.manual_seed(0)
+    module = WindowAttention(12, 3, (2, 2), 3).eval()
+    x = torch.randn(4, 4, 12)  # B_ = 2 images x nW = 2 windows
+    mask = torch.zeros(2, 4, 4)
+    mask[0, 0, 1:] = -100.0
+    mask[1, 3, :] = float("-inf")  # query 3 of window 1 may attend to nothing
+    return module, x, mask
+
+
+def _cpu_sdpa_fuses_a_4d_additive_mask() -> bool:
+    q = torch.zeros(1, 1, 2, 2)
+    return FUSED_CPU_SDPA_OP in dispatched_ops(F.scaled_dot_product_attention, q, q, q, attn_mask=torch.zeros(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("call", ["spatial", "spatial-masked", "temporal"])
+def test_optimized_forward_is_one_fused_sdpa_call_on_cpu(call):
+    """Inference runs exactly one SDPA call, on the fused CPU kernel: the 4-D combined mask keeps SDPA off its math
+    backend (no bmm or softmax anywhere in the forward)."""
+    if not _cpu_sdpa_fuses_a_4d_additive_mask():
+        pytest.skip(f"torch {torch.__version__}'s CPU SDPA has no fused kernel for an additive mask (it runs the math "
+                    "backend, which the oracle properties cover)")
+    module, x, mask = _module_inputs()
+    if call == "temporal":
+        x = x[:, :3]  # num_ttokens = 3
+    with torch.no_grad():
+        ops = dispatched_ops(module, x, mask if call == "spatial-masked" else None, call == "temporal")
+    assert ops.count(FUSED_CPU_SDPA_OP) == 1 and not MATH_OPS & set(ops), ops
+
+
+@pytest.mark.parametrize("backend", ["MATH", "FLASH_ATTENTION"])
+def test_rows_with_no_allowed_key_give_proj_bias_on_each_cpu_backend(backend):
+    """The fully-masked-row decision holds whichever CPU backend SDPA is forced onto: such a row outputs exactly
+    proj.bias, every other row is finite and the same on both backends up to rounding (raw SDPA gives NaN there
+    before torch 2.5 and 0 from 2.5; the module never hands it such a row)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        pytest.skip(f"torch {torch.__version__} has no torch.nn.attention.sdpa_kernel: the backend cannot be chosen "
+                    "(rows_with_no_allowed_key_attend_to_nothing covers the default one)")
+    module, x, mask = _module_inputs()
+    with torch.no_grad():
+        default = module(x, mask)
+        with sdpa_kernel(getattr(SDPBackend, backend)):
+            forced = module(x, mask)
+    dead = forced[[1, 3], 3]  # query 3 of window 1, in both images
+    assert torch.equal(dead, module.proj.bias.detach().expand_as(dead)), dead
+    assert torch.isfinite(forced).all()
+    torch.testing.assert_close(forced, default)

@@ -4,17 +4,21 @@
 convolution (padding charged like real input, biases and elementwise work not counted). On CPU, torch 2.5 and
 later run ``F.scaled_dot_product_attention`` as ``aten._scaled_dot_product_flash_attention_for_cpu``, which has
 no formula, so the counter silently counts the attention core as 0 (``notes/ecosystem.md``). ``count_flops``
-registers the formula the counter already uses for the CUDA flash op on that CPU op first, once.
+registers the formula the counter already uses for the CUDA flash op on that CPU op first, once. Torch 2.1 has
+neither that op nor ``register_flop_formula``, and needs neither: its CPU SDPA runs the flash op the counter knows
+(no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is (docs/torch-versions.md).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["count_flops", "cpu_sdpa_formula_registered"]
+__all__ = ["count_flops", "cpu_sdpa_formula_registered", "dispatched_ops", "FUSED_CPU_SDPA_OP"]
 
-_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+FUSED_CPU_SDPA_OP = "_scaled_dot_product_flash_attention_for_cpu"  # CPU SDPA's fused kernel, torch >= 2.3
+_CPU_SDPA = getattr(torch.ops.aten, FUSED_CPU_SDPA_OP, None)
 
 
 def cpu_sdpa_formula_registered() -> bool:
@@ -39,3 +43,21 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
         fn(*args, **kwargs)
     per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return int(counter.get_total_flops()), per_op
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_ops(fn, *args, **kwargs) -> list[str]:
+    """Names of the aten ops ``fn(*args, **kwargs)`` runs, in order: e.g. ``FUSED_CPU_SDPA_OP`` when CPU SDPA takes
+    its fused kernel, ``"bmm"`` and ``"_softmax"`` when it decomposes into its math backend."""
+    with _OpRecorder() as recorder:
+        fn(*args, **kwargs)
+    return recorder.names

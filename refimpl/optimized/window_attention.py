@@ -129,7 +129,9 @@ class WindowAttention(nn.Module):
         hit = self._mask_terms_cache
         if cacheable and hit is not None and hit[0] is mask and hit[1] == key:
             return hit[2]
-        with torch.no_grad(), torch.inference_mode(False):  # cached tensors must work outside inference mode too
+        # inference_mode(False) switches grad mode back on, so no_grad must come after it (innermost): the other
+        # order records a graph into the cached terms.
+        with torch.inference_mode(False), torch.no_grad():  # cached tensors must work outside inference mode too
             if mask.dtype == torch.bool:
                 additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
             else:
@@ -204,7 +206,9 @@ class WindowAttention(nn.Module):
         if hit is not None and hit[0] is mask:
             self._bias_cache.move_to_end(key)
             return hit[1]
-        with torch.no_grad(), torch.inference_mode(False):  # usable outside inference mode as well
+        # Innermost no_grad: inference_mode(False) turns grad mode on, and a cached mask that required grad would
+        # hold a graph and send CPU SDPA to its math backend on every call.
+        with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode as well
             inputs = self._combined_mask(temporal, mask, n_rows, dtype)
         self._bias_cache[key] = (mask, inputs)
         while len(self._bias_cache) > self._CACHE_SLOTS:

@@ -7,6 +7,7 @@ both run the same registered objects; the implementation under test is always a 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,7 +32,9 @@ DTYPES = {
 
 class Unsupported(Exception):
     """Raised by a check when the implementation under test lacks an optional capability the property needs
-    (e.g. streaming); ``run_property`` re-raises it once, so it becomes a reported skip with the reason."""
+    (e.g. streaming), or by ``run_property`` when torch itself has no kernels for the dtype on the device (torch
+    2.1 has no float16 matmul on CPU); ``run_property`` re-raises it once, so it becomes a reported skip with the
+    reason."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,30 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@functools.cache
+def missing_kernels(device: str, dtype: str) -> str | None:
+    """Why this torch cannot compute in ``dtype`` on ``device`` at all, or None when it can.
+
+    Feature detection, not a version check: torch 2.1 has no CPU float16 kernels for matmul, softmax or
+    convolution ("addmm_impl_cpu_" not implemented for 'Half'), so no implementation of an upstream module can run
+    there; later versions have them (docs/torch-versions.md)."""
+    dt = DTYPES[dtype]
+    probes = {
+        "linear": lambda: torch.nn.functional.linear(torch.ones(2, 2, dtype=dt, device=device),
+                                                     torch.ones(2, 2, dtype=dt, device=device)),
+        "bmm": lambda: torch.ones(1, 2, 2, dtype=dt, device=device) @ torch.ones(1, 2, 2, dtype=dt, device=device),
+        "softmax": lambda: torch.ones(2, 2, dtype=dt, device=device).softmax(-1),
+        "conv2d": lambda: torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3, dtype=dt, device=device),
+                                                     torch.ones(1, 1, 2, 2, dtype=dt, device=device)),
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+        except (RuntimeError, NotImplementedError) as exc:
+            return f"torch {torch.__version__} has no {dtype} {name} kernel on {device}: {exc}"
+    return None
+
+
 def register(kind: str, cases: SearchStrategy, dtypes: tuple[str, ...] = tuple(DTYPES), needs: tuple[str, ...] = ()):
     """Decorator: register ``check(impl, case, device, dtype)`` as a property; its docstring is the statement.
     ``needs``: the modes (``MODES``) every case uses, so targets that declare they lack one skip it."""
@@ -144,8 +171,12 @@ def run_property(
 ) -> None:
     """Run one property under Hypothesis (the active profile unless ``settings`` is given, and Hypothesis' seed
     ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes, or raises
-    ``Unsupported`` when the implementation lacks a capability the property needs."""
+    ``Unsupported`` when the implementation lacks a capability the property needs, or torch lacks the kernels for
+    ``dtype`` on ``device``."""
 
+    missing = missing_kernels(device, dtype)
+    if missing is not None:
+        raise Unsupported(missing)
     capabilities = impl.capabilities
     reason = capabilities.why_not(device, dtype, prop.needs)
     if reason:
