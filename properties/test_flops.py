@@ -38,8 +38,8 @@ def _oracle_macs(fn, *args, **kwargs) -> int:
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "additive-mask"])
 def test_cpu_sdpa_is_counted(masked):
     """A plain CPU SDPA call is charged 4 * B * nH * N^2 * d FLOPs, not 0, whichever route torch takes: the fused
-    CPU op (torch >= 2.5 here) through the formula ``count_flops`` registers, or ops the counter already knows
-    (torch 2.1: the flash op without a mask, bmm with one), where there is nothing to register."""
+    CPU op (torch >= 2.3) through the formula ``count_flops`` registers, or ops the counter already knows
+    (before 2.3: the flash op without a mask, bmm with one), where there is nothing to register."""
     q = torch.randn(2, 3, 5, 4)
     mask = torch.randn(2, 3, 5, 5) if masked else None
     total, per_op = count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q, attn_mask=mask)

@@ -61,6 +61,16 @@ def test_optimized_forward_is_one_fused_sdpa_call_on_cpu(call):
     assert ops.count(FUSED_CPU_SDPA_OP) == 1 and not MATH_OPS & set(ops), ops
 
 
+def test_cached_attention_mask_holds_no_graph():
+    """The mask cached for inference does not require grad on any torch version (one that did would hold an
+    autograd graph and, from torch 2.3, send every CPU SDPA call to the math backend)."""
+    module, x, mask = _module_inputs()
+    with torch.no_grad():
+        module(x, mask)
+        cached = module.attention_mask(x.shape, mask)
+    assert module.relative_position_bias_table.requires_grad and not cached.requires_grad
+
+
 @pytest.mark.parametrize("backend", ["MATH", "FLASH_ATTENTION"])
 def test_rows_with_no_allowed_key_give_proj_bias_on_each_cpu_backend(backend):
     """The fully-masked-row decision holds whichever CPU backend SDPA is forced onto: such a row outputs exactly

@@ -1,12 +1,13 @@
 """Counting the work torch actually does, to cross-check the analytic formulas of ``refimpl.reference``.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of every matmul and
-convolution (padding charged like real input, biases and elementwise work not counted). On CPU, torch 2.5 and
+convolution (padding charged like real input, biases and elementwise work not counted). On CPU, torch 2.3 and
 later run ``F.scaled_dot_product_attention`` as ``aten._scaled_dot_product_flash_attention_for_cpu``, which has
 no formula, so the counter silently counts the attention core as 0 (``notes/ecosystem.md``). ``count_flops``
-registers the formula the counter already uses for the CUDA flash op on that CPU op first, once. Torch 2.1 has
-neither that op nor ``register_flop_formula``, and needs neither: its CPU SDPA runs the flash op the counter knows
-(no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is (docs/torch-versions.md).
+registers the formula the counter already uses for the CUDA flash op on that CPU op first, once. Before 2.3 there
+is no such op (and before 2.2 no ``register_flop_formula``), and nothing is needed: CPU SDPA runs the flash op the
+counter knows (no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is
+(docs/torch-versions.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The trick: the relative-position bias (plus the window mask, when one is given) is gathered once into a 4-D
 additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
-CPU SDPA on its fused flash kernel (a 3-D mask or a 5-D query silently drops to the math backend; see
-``shared/notes/performance.md``). Every part of this is covered by a property against ``refimpl.reference``.
+CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math backend;
+see ``shared/notes/performance.md``). Every part of this is covered by a property against ``refimpl.reference``.
 """
 
 from __future__ import annotations
