@@ -15,6 +15,7 @@ import torch
 from refimpl import strategies as rst
 from refimpl.eager import EagerTemporalModel
 from refimpl.optimized import TemporalModel
+from refimpl.properties.temporal_model import state_tensors
 
 from _support import DEVICES, sync
 
@@ -25,8 +26,7 @@ VARIANTS = {"optimized": TemporalModel, "eager": EagerTemporalModel, "stream": T
 def _model(module_class, device):
     params = rst.random_temporal_model_params(FIERY, np.random.default_rng(0))
     module = module_class(**FIERY.kwargs())
-    module.load_state_dict({k: torch.as_tensor(a) if k.endswith("tracked") else torch.as_tensor(a, dtype=torch.float32)
-                            for k, a in params.items()}, strict=True)
+    module.load_state_dict(state_tensors(params, "cpu", torch.float32), strict=True)
     return module.to(device).eval()
 
 

@@ -26,8 +26,8 @@ def _rows_aim(name, image_size, frames):
     swin = SWIN[name.removeprefix("aim-")]
     common = dict(**swin, window_size=7, image_size=image_size, patch_size=4, T=frames)
     rows = []
-    for stage, (depth, heads) in enumerate(zip(swin["depths"], swin["num_heads"])):
-        side = image_size // 4 // 2**stage
+    sides = reference._stage_resolutions(image_size, 4, len(swin["depths"]))  # the same rule as the total below
+    for stage, (depth, heads, side) in enumerate(zip(swin["depths"], swin["num_heads"], sides)):
         block = reference.aim_block_attention_macs(swin["embed_dim"] * 2**stage, heads, side, side,
                                                    min(7, side), frames)
         rows.append((f"{name} T={frames}: stage {stage + 1} block ({side}x{side}, C={swin['embed_dim'] * 2**stage})",

@@ -20,7 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import hypothesis
 import torch
+
+import refimpl.profiles  # noqa: F401  (registers the ci profile the harness runs under)
+from refimpl.properties import (DTYPES, Capabilities, Implementation, Unsupported, available_devices,
+                                load_implementation, property_grid, run_property)
 
 DEFAULT_TARGETS = {
     "window_attention": "refimpl.optimized:WindowAttention",
@@ -84,8 +89,6 @@ class Report:
 
 
 def _protocol_window_attention(factory) -> None:
-    from refimpl.properties import Capabilities
-
     modes = Capabilities.declared_by(factory).modes
     kwargs = dict(dim=8, num_ttokens=3, window_size=(2, 2), num_heads=2)
     module = _build(factory, kwargs, "AIM's WindowAttention(dim, num_ttokens, window_size, num_heads, ...)")
@@ -176,12 +179,6 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
     stop a target at its first failing property. ``log``: called with one line per outcome (e.g. ``print``).
     Raises ``ProtocolError`` for a target that cannot be imported or does not follow the protocol, ``ValueError``
     for bad arguments."""
-    import hypothesis
-
-    import refimpl.profiles  # noqa: F401
-    from refimpl.properties import (DTYPES, Implementation, Unsupported, available_devices, load_implementation,
-                                    properties_for, run_property)
-
     if os.getcwd() not in sys.path:  # the contract: MODULE is importable from the current directory
         sys.path.insert(0, os.getcwd())
     targets = dict(DEFAULT_TARGETS if targets is None else targets)
@@ -212,39 +209,29 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
             impl.capabilities  # noqa: B018  (a malformed declaration is a protocol error)
         except (ProtocolError, ValueError) as exc:
             raise ProtocolError(f"target {kind}={impl.name} does not follow the {kind} protocol: {exc}") from None
-        for prop in properties_for(kind):
+        for prop, device, dtype in property_grid(kind, devices, dtypes):
             if properties and prop.name not in properties:
                 continue
-            for device in devices:
-                for dtype in dtypes:
-                    if dtype not in prop.dtypes:  # e.g. a float64-only structural law: not applicable
-                        continue
-                    outcome = _run_one(prop, impl, device, dtype, run_settings, seed, Unsupported, run_property)
-                    report.outcomes.append(outcome)
-                    if log:
-                        _log_outcome(log, outcome)
-                    if fail_fast and outcome.status == "failed":
-                        break
-                else:
-                    continue
+            outcome = _run_one(prop, impl, device, dtype, run_settings, seed)
+            report.outcomes.append(outcome)
+            if log:
+                _log_outcome(log, outcome)
+            if fail_fast and outcome.status == "failed":
                 break
-            else:
-                continue
-            break
     return report
 
 
-def _run_one(prop, impl, device, dtype, run_settings, seed, Unsupported, run_property) -> Outcome:
+def _run_one(prop, impl, device, dtype, run_settings, seed) -> Outcome:
     replay = shlex.join(["refimpl", "verify", "--target", f"{impl.kind}={impl.name}", "--property", prop.name,
                          "--device", device, "--dtype", dtype, "--max-examples", str(run_settings.max_examples)]
                         + ([] if seed is None else ["--seed", str(seed)]))
     start = time.perf_counter()
     examples = {"run": 0, "skipped": 0}
     try:
-        examples = run_property(prop, impl, device, dtype, settings=run_settings, seed=seed) or examples
+        examples = run_property(prop, impl, device, dtype, settings=run_settings, seed=seed)
         status, detail = "passed", ""
         if examples["skipped"]:
-            detail = f"{examples['skipped']} drawn cases skipped: {impl.capabilities.why_not(device, dtype, ('temporal', 'masks'))}"
+            detail = f"{examples['skipped']} drawn cases skipped: {'; '.join(sorted(examples['why_skipped']))}"
     except Unsupported as exc:  # a capability the target does not have: a skip with its reason
         status, detail = "skipped", str(exc)
     except Exception as exc:  # any failure of the target is a verdict, reported in full

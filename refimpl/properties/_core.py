@@ -160,19 +160,22 @@ def properties_for(kind: str) -> list[Property]:
     return [p for p in PROPERTIES if p.kind == kind]
 
 
-def property_grid(kind: str) -> list[tuple[Property, str, str]]:
-    """Every ``(property, device, dtype)`` of ``kind`` to run here: each device present, each dtype it applies to."""
-    return [(prop, device, dtype) for prop in properties_for(kind) for device in available_devices()
-            for dtype in prop.dtypes]
+def property_grid(kind: str, devices=None, dtypes=None) -> list[tuple[Property, str, str]]:
+    """Every ``(property, device, dtype)`` of ``kind`` to run: each of ``devices`` (default: every device present)
+    and each of ``dtypes`` (default: all) that the property applies to."""
+    devices = available_devices() if devices is None else devices
+    return [(prop, device, dtype) for prop in properties_for(kind) for device in devices
+            for dtype in (prop.dtypes if dtypes is None else [d for d in dtypes if d in prop.dtypes])]
 
 
 def run_property(
     prop: Property, impl: Implementation, device: str, dtype: str, settings=None, seed: int | None = None
-) -> None:
+) -> dict:
     """Run one property under Hypothesis (the active profile unless ``settings`` is given, and Hypothesis' seed
     ``seed`` when given); raises after shrinking, with the falsifying case in the exception's notes, or raises
     ``Unsupported`` when the implementation lacks a capability the property needs, or torch lacks the kernels for
-    ``dtype`` on ``device``."""
+    ``dtype`` on ``device``. Returns ``{"run": n, "skipped": m, "why_skipped": reasons}``: the drawn cases checked,
+    and those skipped because they need a mode the target declares it lacks."""
 
     missing = missing_kernels(device, dtype)
     if missing is not None:
@@ -182,15 +185,17 @@ def run_property(
     if reason:
         raise Unsupported(reason)
     unsupported: list[Unsupported] = []
-    examples = {"run": 0, "skipped": 0}  # returned: how many drawn cases ran, and how many the target could not
+    examples = {"run": 0, "skipped": 0, "why_skipped": set()}
     case_modes = CASE_MODES.get(prop.kind, lambda case: ())
 
     @given(case=prop.cases)
     def run(case):
         if unsupported:  # the capability is missing: nothing left to check on later examples
             return
-        if capabilities.why_not(device, dtype, case_modes(case)):  # e.g. a temporal case, a target without it
+        why = capabilities.why_not(device, dtype, case_modes(case))  # e.g. a temporal case, a target without it
+        if why:
             examples["skipped"] += 1
+            examples["why_skipped"].add(why)
             return
         examples["run"] += 1
         try:
@@ -207,7 +212,7 @@ def run_property(
     if unsupported:
         raise unsupported[0]
     if examples["run"] == 0 and examples["skipped"]:
-        raise Unsupported(f"every drawn case needs a mode the target lacks ({capabilities.why_not(device, dtype, MODES)})")
+        raise Unsupported(f"every drawn case needs a mode the target lacks ({'; '.join(sorted(examples['why_skipped']))})")
     return examples
 
 

@@ -193,10 +193,7 @@ def locate_divergence(impl, case, device, dtype, actual, expected) -> str:
         probs = attention_probabilities(impl, case, device, dtype)
     except Exception as exc:  # a target that fails the read-out: say so, keep the located output error
         return f"{where}; the probability read-out failed ({type(exc).__name__})"
-    zero_qkv = {k: np.zeros_like(a) for k, a in case.params.items() if k.startswith("qkv.")}
-    oracle = reference.window_attention_stages(np.zeros((case.n_windows, case.n_tokens, case.config.dim)),
-                                               {**case.params, **zero_qkv}, **case.oracle_kwargs()).probs
-    gap = np.abs(probs - oracle)
+    gap = np.abs(probs - oracle_bias_probabilities(case))
     if gap.max() <= 1e-3:
         return (f"{where}; softmax(position bias + mask) agrees (probabilities with q = k = 0): the divergence is in "
                 f"q/k/v, the q@k^T scaling, the value product, the head merge or the projection")
@@ -233,6 +230,14 @@ def softmax_rows_sum_to_one(impl, case, device, dtype):
     assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output with constant values")
 
 
+def oracle_bias_probabilities(case) -> np.ndarray:
+    """The oracle's ``(nW, nH, N, N)`` probabilities with q = k = 0, softmax(bias + mask[w]): what
+    ``attention_probabilities`` reads out of a module (rows 0..nW-1 of the zero input are windows 0..nW-1)."""
+    zero_qkv = {k: np.zeros_like(a) for k, a in case.params.items() if k.startswith("qkv.")}
+    zeros = np.zeros((case.n_windows, case.n_tokens, case.config.dim))
+    return reference.window_attention_stages(zeros, {**case.params, **zero_qkv}, **case.oracle_kwargs()).probs
+
+
 def attention_probabilities(impl, case, device, dtype) -> np.ndarray:
     """Read the attention probabilities ``(nW, nH, N, N)`` out of a module, black-box.
 
@@ -262,13 +267,7 @@ def probabilities_match_oracle(impl, case, device, dtype):
     """The attention probabilities read out of the module black-box equal the oracle's softmax(bias + mask[w]):
     the bias really is table[index], and window w gets mask[w]."""
     case = rounded_case(case, dtype)
-    zero_qkv = {"qkv.weight": np.zeros_like(case.params["qkv.weight"])}
-    if "qkv.bias" in case.params:
-        zero_qkv["qkv.bias"] = np.zeros_like(case.params["qkv.bias"])
-    oracle = reference.window_attention_stages(
-        np.zeros((case.n_windows, case.n_tokens, case.config.dim)), {**case.params, **zero_qkv}, **case.oracle_kwargs()
-    )
-    expected = oracle.probs  # q = k = 0, so only bias and mask act; rows 0..nW-1 are windows 0..nW-1
+    expected = oracle_bias_probabilities(case)
     actual = attention_probabilities(impl, case, device, dtype)
     baseline = attention_probabilities(EAGER, case, device, dtype)
     assert_close(actual, expected, baseline=baseline, dtype=dtype, what="attention probabilities")
