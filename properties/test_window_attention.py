@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refimpl.counting import FUSED_CPU_SDPA_OP, dispatched_ops
+from refimpl.counting import FUSED_CPU_SDPA_OP, ONEDNN_LINEAR_OP, dispatched_ops
 from refimpl.optimized import WindowAttention
+from refimpl.optimized._linear import onednn_linear_available
 from refimpl.properties import properties_for, property_grid, run_property
 from refimpl.properties.window_attention import EAGER, KIND
 
@@ -59,6 +60,19 @@ def test_optimized_forward_is_one_fused_sdpa_call_on_cpu(call):
     with torch.no_grad():
         ops = dispatched_ops(module, x, mask if call == "spatial-masked" else None, call == "temporal")
     assert ops.count(FUSED_CPU_SDPA_OP) == 1 and not MATH_OPS & set(ops), ops
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["inference", "autograd"])
+def test_optimized_linears_take_onednn_only_for_cpu_float32_inference(recording):
+    """The two linears run oneDNN's GEMM (``mkldnn._linear_pointwise``, no derivative) exactly when autograd is not
+    recording; with autograd they are ``addmm``, so gradients flow. (The oracle properties compare both routes.)"""
+    if not onednn_linear_available():
+        pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (torch < 2.3 or oneDNN disabled)")
+    module, x, mask = _module_inputs()
+    with torch.set_grad_enabled(recording):
+        ops = dispatched_ops(module, x, mask)
+    assert ops.count(ONEDNN_LINEAR_OP) == (0 if recording else 2), ops
+    assert ops.count("addmm") == (2 if recording else 0), ops
 
 
 def test_cached_attention_mask_holds_no_graph():

@@ -7,7 +7,9 @@ no formula, so the counter silently counts the attention core as 0 (``notes/ecos
 registers the formula the counter already uses for the CUDA flash op on that CPU op first, once. Before 2.3 there
 is no such op (and before 2.2 no ``register_flop_formula``), and nothing is needed: CPU SDPA runs the flash op the
 counter knows (no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is
-(docs/torch-versions.md).
+(docs/torch-versions.md). The same holds for oneDNN's linear (``mkldnn._linear_pointwise``), which refimpl's
+optimized modules run for CPU float32 inference on torch >= 2.3 (``refimpl.optimized._linear``): ``count_flops``
+registers ``2 * rows * in * out``, the counter's ``addmm`` formula.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["count_flops", "cpu_sdpa_formula_registered", "dispatched_ops", "FUSED_CPU_SDPA_OP"]
+__all__ = ["count_flops", "cpu_sdpa_formula_registered", "dispatched_ops", "FUSED_CPU_SDPA_OP", "ONEDNN_LINEAR_OP"]
 
 FUSED_CPU_SDPA_OP = "_scaled_dot_product_flash_attention_for_cpu"  # CPU SDPA's fused kernel, torch >= 2.3
 _CPU_SDPA = getattr(torch.ops.aten, FUSED_CPU_SDPA_OP, None)
+ONEDNN_LINEAR_OP = "_linear_pointwise"  # oneDNN's CPU linear (``torch.ops.mkldnn``), no formula in the counter
 
 
 def cpu_sdpa_formula_registered() -> bool:
@@ -33,7 +36,26 @@ def cpu_sdpa_formula_registered() -> bool:
             return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
         flop_counter.register_flop_formula(_CPU_SDPA)(cpu_sdpa_flop)
+    _register_onednn_linear_formula()
     return True
+
+
+def _register_onednn_linear_formula() -> None:
+    """``x (rows, in) @ weight (out, in)^T``: ``2 * rows * in * out`` FLOPs, as the counter charges ``addmm``."""
+    try:
+        op = getattr(torch.ops.mkldnn, ONEDNN_LINEAR_OP)
+    except (AttributeError, RuntimeError):
+        return
+    if op in flop_counter.flop_registry:
+        return
+
+    def onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = 1
+        for size in x_shape[:-1]:
+            rows *= size
+        return 2 * rows * x_shape[-1] * w_shape[0]
+
+    flop_counter.register_flop_formula(op)(onednn_linear_flop)
 
 
 def count_flops(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl import _validate as v
+from refimpl.optimized._linear import linear
 
 __all__ = [
     "conv_1x1x1_norm_activated",
@@ -61,15 +62,15 @@ def _folded(conv_weight: torch.Tensor, norm: nn.BatchNorm3d) -> tuple[torch.Tens
 
 
 # The folded path works on channels-last clips ``(B, T, H, W, C)``: a 1x1x1 convolution is then one GEMM
-# (``F.linear``), and a (kt, 3, 3) convolution is one channels-last conv2d over the frames with the kt time taps
-# stacked along channels. On CPU, torch 2.13 sends Conv3d on clips of fewer than 3 frames (FIERY's case once the
+# (``refimpl.optimized._linear.linear``), and a (kt, 3, 3) convolution is one channels-last conv2d over the frames
+# with the kt time taps stacked along channels. On CPU, torch 2.13 sends Conv3d on clips of fewer than 3 frames (FIERY's case once the
 # history frame is trimmed) to its slow im2col kernel; the conv2d route is 4-9x faster there (measured: 200x200,
 # 35 channels, one thread).
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 1x1x1 convolution on ``(B, T, H, W, Cin)``: ``weight`` ``(Cout, Cin, 1, 1, 1)`` -> ``(B, T, H, W, Cout)``."""
-    return F.linear(x, weight.flatten(1), bias)
+    return linear(x, weight.flatten(1), bias)
 
 
 def _with_previous(x: torch.Tensor, previous: torch.Tensor | None, frames: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """AIM ``WindowAttention`` as a drop-in torch module, on ``F.scaled_dot_product_attention``.
 
 The trick: the relative-position bias (plus the window mask, when one is given) is gathered once into a 4-D
-additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
+additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear (the linears on
+oneDNN's GEMM for CPU float32 inference, ``refimpl.optimized._linear``). A 4-D mask keeps
 CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math backend;
 see ``shared/notes/performance.md``). Every part of this is covered by a property against ``refimpl.reference``.
 """
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl import _validate as v
+from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
 
@@ -265,7 +267,8 @@ class WindowAttention(nn.Module):
         mask = self._check_input(x, mask, temporal)
         n_rows, n_tokens, channels = x.shape
         head_dim = channels // self.num_heads
-        qkv = self.qkv(x).reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
         attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype)
         dropout_p = self.attn_drop.p if self.training else 0.0
@@ -273,7 +276,7 @@ class WindowAttention(nn.Module):
         if keep_rows is not None:  # rows with no allowed key attend to nothing
             out = out * keep_rows
         out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
     def flops(self, N, T, temporal=False):
         """AIM's count: MACs of ``q@k^T`` and ``attn@v`` for one window of ``N`` tokens over ``T`` frames

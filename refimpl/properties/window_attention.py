@@ -167,15 +167,19 @@ def buffers_match_oracle(impl, config, device, dtype):
 def forward_matches_oracle(impl, case, device, dtype):
     """Eval-mode output equals the float64 oracle on the same (dtype-rounded) inputs, within the tolerance
     policy: spatial with and without a window mask (-100, -inf or boolean; rows that may attend to nothing
-    included), and temporal."""
+    included), and temporal. Both with autograd recording and under ``torch.no_grad()``, since an implementation
+    may take other kernels when no derivative is needed (refimpl's does: oneDNN linears, a cached mask)."""
     case = rounded_case(case, dtype)
     expected = case.oracle_output()
-    actual = forward(_run(impl, case, device, dtype), case, device, dtype)
+    module = _run(impl, case, device, dtype)
     baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
-    try:
-        assert_close(actual, expected, baseline=baseline, dtype=dtype, what="output")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{locate_divergence(impl, case, device, dtype, actual, expected)}") from None
+    with torch.no_grad():
+        inference = forward(module, case, device, dtype)
+    for actual, what in ((forward(module, case, device, dtype), "output"), (inference, "output under no_grad")):
+        try:
+            assert_close(actual, expected, baseline=baseline, dtype=dtype, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{locate_divergence(impl, case, device, dtype, actual, expected)}") from None
 
 
 def locate_divergence(impl, case, device, dtype, actual, expected) -> str:
