@@ -1,11 +1,40 @@
-"""Shared pieces of the benchmark modules: the devices to run on, honest CUDA timing, module construction."""
+"""Shared pieces of the benchmark modules: devices and dtypes, honest CUDA timing, module construction, peers,
+and the work and traffic figures recorded next to each time."""
+
+import contextlib
+import importlib.util
 
 import numpy as np
+import pytest
 import torch
 
+from refimpl import reference
 from refimpl import strategies as rst
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+MODES = ["forward", "forward+backward"]
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return set(next(line for line in info if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def native_dtypes(device) -> list:
+    """float32, plus the half types the device computes natively: on CPU bfloat16 with AVX512-BF16 or AMX, float16
+    with AVX512-FP16 or AMX-FP16 (torch runs them elsewhere too, by conversion, which is not worth timing); on CUDA
+    bfloat16 where supported and float16."""
+    if device == "cuda":
+        return ["float32"] + (["bfloat16"] if torch.cuda.is_bf16_supported() else []) + ["float16"]
+    flags = _cpu_flags()
+    return (["float32"] + (["bfloat16"] if flags & {"avx512_bf16", "amx_bf16"} else [])
+            + (["float16"] if flags & {"avx512_fp16", "amx_fp16"} else []))
+
+
+DEVICE_DTYPES = [(device, dtype) for device in DEVICES for dtype in native_dtypes(device)]
 
 
 def sync(device):
@@ -14,10 +43,58 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def random_window_attention(module_class, config, device):
-    """An eval-mode ``module_class(**config.kwargs())`` on ``device`` with the same randomized parameters
-    (seed 0, bias tables at scale 0.5) for every variant, so variants are timed on identical work."""
+def skip_unless_installed(*modules):
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install -c constraints.txt {module}, torch pinned there)")
+
+
+def settings(device_dtypes=None):
+    """``(device, dtype, denormals)`` to time: denormals kept ("denormals", torch's default) everywhere, and
+    flushed ("ftz") for CPU float32, where Swin's -100 mask makes softmax outputs subnormal."""
+    return [(device, dtype, denormals) for device, dtype in (device_dtypes or DEVICE_DTYPES)
+            for denormals in (["denormals", "ftz"] if (device, dtype) == ("cpu", "float32") else ["denormals"])]
+
+
+@contextlib.contextmanager
+def denormal_setting(denormals):
+    """``torch.set_flush_denormal`` for the duration of one benchmark ("ftz": flushed; "denormals": kept)."""
+    torch.set_flush_denormal(denormals == "ftz")
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def random_window_attention(module_class, config, device, dtype="float32"):
+    """An eval-mode ``module_class(**config.kwargs())`` on ``device`` in ``dtype`` with the same randomized
+    parameters (seed 0, bias tables at scale 0.5) for every variant, so variants are timed on identical work."""
     params = rst.random_window_attention_params(config, np.random.default_rng(0), table_scale=0.5)
-    module = module_class(**config.kwargs()).to(device).eval()
+    module = module_class(**config.kwargs())
     module.load_state_dict({k: torch.as_tensor(a, dtype=torch.float32) for k, a in params.items()}, strict=False)
-    return module
+    return module.to(device=device, dtype=getattr(torch, dtype)).eval()
+
+
+def window_attention_work(dim, heads, tokens, rows, dtype, mode):
+    """``extra_info`` figures for ``rows`` windows of ``tokens`` tokens: ``flop`` (2 per MAC: qkv, q@k^T, attn@v,
+    proj; forward+backward counted as 3x the forward, the usual estimate), and for the forward the minimum
+    traffic: ``io_bytes`` (read x and the weights, write the output) and ``core_io_bytes`` (read q, k, v, write
+    the attention output: what a fused attention kernel cannot avoid)."""
+    flop = reference.macs_to_flops(rows * reference.swin_window_attention_macs(dim, heads, tokens))
+    size = torch.finfo(getattr(torch, dtype)).bits // 8
+    work = {"flop": flop * (3 if mode == "forward+backward" else 1)}
+    if mode == "forward":
+        work["io_bytes"] = size * (2 * rows * tokens * dim + 4 * dim * dim + 4 * dim)
+        work["core_io_bytes"] = size * 4 * rows * tokens * dim
+    return work
+
+
+def record_rates(benchmark):
+    """Add the achieved rates (per second of the median) next to the work figures, when the run was timed."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or not getattr(stats, "stats", None) or not stats.stats.data:
+        return  # --benchmark-disable: nothing timed
+    median = stats.stats.median
+    for key in ("flop", "io_bytes", "core_io_bytes"):
+        if key in benchmark.extra_info:
+            benchmark.extra_info[f"{key}_per_s"] = benchmark.extra_info[key] / median

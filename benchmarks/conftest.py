@@ -1,9 +1,10 @@
-"""Benchmark wiring: pinned CPU threads, the denormal setting, and torch facts in the JSON's machine_info."""
+"""Benchmark wiring: pinned CPU threads, and torch facts in the JSON's machine_info."""
 
 import os
 
-import pytest
 import torch
+
+from _support import native_dtypes
 
 THREADS = int(os.environ.get("REFIMPL_BENCH_THREADS", "1"))  # 1 thread: the 2-core box is bimodal with 2
 
@@ -16,15 +17,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_cuda"] = torch.version.cuda
     machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cpu_native_dtypes"] = native_dtypes("cpu")
     if torch.cuda.is_available():
         machine_info["cuda_device"] = torch.cuda.get_device_name()
-
-
-@pytest.fixture(params=[False, True], ids=["denormals", "ftz"])
-def flush_denormal(request):
-    """Swin's -100 mask makes float32 softmax outputs subnormal, which slows eager matmuls several times on CPU:
-    every CPU number is reported with denormals kept (torch's default) and flushed."""
-    previous = torch.set_flush_denormal(request.param)
-    yield request.param
-    torch.set_flush_denormal(False)
-    del previous
+        machine_info["cudnn"] = torch.backends.cudnn.version()

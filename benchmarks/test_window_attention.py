@@ -1,11 +1,15 @@
-"""refimpl's optimized WindowAttention against the source-snippet-style eager code, side by side.
+"""Window attention: refimpl's optimized WindowAttention, the source-snippet-style eager code and the peers' code
+paths, side by side.
 
-Each benchmark group is one workload x denormal setting, so ``--benchmark-group-by=group`` puts the two
-variants next to each other. Forward only, float32, under ``torch.inference_mode``.
+Variants: "optimized" (``refimpl.optimized.WindowAttention``: cached combined mask, one SDPA call, oneDNN linears
+on CPU float32 inference), "eager" (``refimpl.eager.EagerWindowAttention``: bias gathered every call, 5-D mask
+add, softmax, matmul), "timm" (timm's ``WindowAttention`` as timm runs it by default: the same eager math) and
+"timm-fused" (its SDPA path, ``fused_attn = True``, which builds the (B_, nH, N, N) mask on every call); the peers
+run spatial workloads only and are skipped when not installed. Each benchmark group is one workload x device x
+mode x dtype x denormal setting, so a table puts the variants of one workload side by side.
 Run: ``pytest benchmarks --benchmark-json=bench.json`` then ``python benchmarks/report.py bench.json``.
 """
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +18,8 @@ from refimpl import strategies as rst
 from refimpl.eager import EagerWindowAttention
 from refimpl.optimized import WindowAttention
 
-from _support import DEVICES, random_window_attention, sync
+from _support import (MODES, denormal_setting, random_window_attention, record_rates, settings,
+                      skip_unless_installed, sync, window_attention_work)
 
 # name: (dim, heads, window, B_ rows, shifted map (H, W, shift) or None, temporal tokens or None)
 WORKLOADS = {
@@ -25,36 +30,75 @@ WORKLOADS = {
     "temporal-t8": (96, 3, 7, 1568, None, 8),
     "temporal-t16": (192, 6, 7, 784, None, 16),
 }
-VARIANTS = {"optimized": WindowAttention, "eager": EagerWindowAttention}
+# issue 8's CUDA target shape (Swin-T stage 1, batch 64): GPU only, too slow to be worth timing on a CPU
+CUDA_WORKLOADS = {"swin-t-stage1-shift-b64": (96, 3, 7, 4096, (56, 56, 3), None)}
+WORKLOADS.update(CUDA_WORKLOADS)
+VARIANTS = ["optimized", "eager", "timm", "timm-fused"]
 
 
-def _setup(workload, variant, device):
+def _module_class(variant):
+    if variant.startswith("timm"):
+        skip_unless_installed("timm", "torchvision")
+        from refimpl.peers import TimmWindowAttention
+
+        return TimmWindowAttention
+    return {"optimized": WindowAttention, "eager": EagerWindowAttention}[variant]
+
+
+def _setup(workload, variant, device, dtype):
     dim, heads, ws, rows, shifted, t_tokens = WORKLOADS[workload]
     config = rst.WindowAttentionConfig(dim=dim, num_heads=heads, window_size=(ws, ws), num_ttokens=t_tokens or 8)
-    module = random_window_attention(VARIANTS[variant], config, device)
+    module = random_window_attention(_module_class(variant), config, device, dtype)
+    if variant == "timm-fused":
+        module.fused_attn = True
     n = t_tokens or ws * ws
-    x = torch.randn(rows, n, dim, device=device)
+    x = torch.randn(rows, n, dim, device=device, dtype=getattr(torch, dtype))
     mask = None
     if shifted is not None:
         h, w, s = shifted
-        mask = torch.as_tensor(reference.shifted_window_mask(h, w, ws, s), dtype=torch.float32, device=device)
-    flops = reference.window_attention_flops(dim, heads, n, 1) * rows  # attention-core MACs of this call
-    return module, x, mask, t_tokens is not None, flops
+        mask = torch.as_tensor(reference.shifted_window_mask(h, w, ws, s), dtype=x.dtype, device=device)
+    return module, x, mask, t_tokens is not None
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("workload", list(WORKLOADS))
-def test_window_attention_forward(benchmark, workload, variant, device, flush_denormal):
-    module, x, mask, temporal, macs = _setup(workload, variant, device)
-    benchmark.group = f"{workload} {device} {'ftz' if flush_denormal else 'denormals'}"
-    benchmark.extra_info.update(attention_core_macs=macs, threads=torch.get_num_threads(), ftz=flush_denormal)
+CASES = [
+    pytest.param(workload, variant, device, dtype, denormals, mode,
+                 id=f"{workload}-{variant}-{device}-{dtype}-{denormals}-{mode}")
+    for workload, (*_, t_tokens) in WORKLOADS.items()
+    for variant in VARIANTS if not (t_tokens and variant.startswith("timm"))  # timm: spatial only
+    for device, dtype, denormals in settings() if device == "cuda" or workload not in CUDA_WORKLOADS
+    for mode in MODES
+]
 
-    def run():
-        with torch.inference_mode():
-            out = module(x, mask, temporal)
-        sync(device)
-        return out
 
-    out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)
+@pytest.mark.parametrize("workload, variant, device, dtype, denormals, mode", CASES)
+def test_window_attention(benchmark, workload, variant, device, dtype, denormals, mode):
+    module, x, mask, temporal = _setup(workload, variant, device, dtype)
+    dim, heads, ws, rows, _, t_tokens = WORKLOADS[workload]
+    benchmark.group = f"{workload} {device} {mode} {dtype} {denormals}"
+    benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz",
+                                **window_attention_work(dim, heads, t_tokens or ws * ws, rows, dtype, mode))
+    call = (lambda: module(x, mask)) if variant.startswith("timm") else (lambda: module(x, mask, temporal))
+
+    if mode == "forward":
+        def run():
+            with torch.inference_mode():
+                out = call()
+            sync(device)
+            return out
+    else:
+        module.train()  # dropout is 0: the same computation, as in a training step
+        x.requires_grad_(True)
+        grad_out = torch.randn_like(x)
+
+        def run():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            out = call()
+            out.backward(grad_out)
+            sync(device)
+            return out.detach()
+
+    with denormal_setting(denormals):
+        out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)
+    record_rates(benchmark)
     assert out.shape == x.shape and torch.isfinite(out).all()

@@ -62,17 +62,35 @@ def test_optimized_forward_is_one_fused_sdpa_call_on_cpu(call):
     assert ops.count(FUSED_CPU_SDPA_OP) == 1 and not MATH_OPS & set(ops), ops
 
 
-@pytest.mark.parametrize("recording", [False, True], ids=["inference", "autograd"])
-def test_optimized_linears_take_onednn_only_for_cpu_float32_inference(recording):
-    """The two linears run oneDNN's GEMM (``mkldnn._linear_pointwise``, no derivative) exactly when autograd is not
-    recording; with autograd they are ``addmm``, so gradients flow. (The oracle properties compare both routes.)"""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_optimized_linears_run_onednn_for_cpu_float32_only(dtype):
+    """CPU float32: the two linears are oneDNN GEMMs (``mkldnn._linear_pointwise``) in inference, and in training
+    forward and backward (the input gradients; the weight gradients are ``mm``); other dtypes keep ``addmm``. (The
+    oracle properties compare every route's outputs and gradients.)"""
     if not onednn_linear_available():
         pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (torch < 2.3 or oneDNN disabled)")
     module, x, mask = _module_inputs()
-    with torch.set_grad_enabled(recording):
+    module, x, mask = module.to(dtype), x.to(dtype), mask.to(dtype)
+    with torch.no_grad():
+        inference = dispatched_ops(module, x, mask)
+    training = dispatched_ops(lambda: module(x.requires_grad_(), mask).sum().backward())
+    onednn = 1 if dtype == torch.float32 else 0
+    assert inference.count(ONEDNN_LINEAR_OP) == 2 * onednn and inference.count("addmm") == 2 * (1 - onednn), inference
+    assert training.count(ONEDNN_LINEAR_OP) == 4 * onednn and training.count("addmm") == 2 * (1 - onednn), training
+    assert x.grad is not None and module.qkv.weight.grad is not None
+
+
+@pytest.mark.parametrize("call", ["bfloat16 inference", "float32 training"])
+def test_optimized_cpu_core_is_matmul_softmax_matmul_where_sdpa_loses(call):
+    """CPU bfloat16, and CPU training with a learned bias (the mask requires grad), run the cached mask through
+    matmul, softmax, matmul: no SDPA call, and so none of its math backend's all-masked-row checks."""
+    module, x, mask = _module_inputs()
+    if call == "bfloat16 inference":
+        module, x, mask = module.bfloat16(), x.bfloat16(), mask.bfloat16()
+    with torch.set_grad_enabled(call == "float32 training"):
         ops = dispatched_ops(module, x, mask)
-    assert ops.count(ONEDNN_LINEAR_OP) == (0 if recording else 2), ops
-    assert ops.count("addmm") == (2 if recording else 0), ops
+    assert "scaled_dot_product_attention" not in " ".join(ops) and "_safe_softmax" not in ops, ops
+    assert ops.count("_softmax") == 1 and ops.count("bmm") == 2, ops
 
 
 def test_cached_attention_mask_holds_no_graph():

@@ -38,6 +38,22 @@ def temporal_relative_index(num_ttokens: int, *, device=None) -> torch.Tensor:
     return (steps[:, None] - steps[None, :] + (t - 1)).to(torch.int64)
 
 
+def _explicit_attention(q, k, v, attn_mask, dropout_p: float, scale: float) -> torch.Tensor:
+    """``softmax(q k^T * scale + attn_mask) v`` with dropout on the probabilities: ``(B_, nH, N, d)``.
+
+    The CPU route where SDPA loses (measured, one thread, torch 2.13, the README's benchmark shapes):
+      * training with a learned bias: a mask that requires grad sends CPU SDPA to its math backend, which is this
+        computation plus an all-masked-row check (``isneginf``/``all``/``where``, about 5% of a Swin-T stage 1 step)
+        and, for half types, float32 arithmetic;
+      * bfloat16: the fused CPU kernel is slower than these three bfloat16 ops at every window shape (attention
+        core 1.3-1.4x at Swin-T stages 1 and 3, 3x at T=8). In float32 the fused kernel wins (1.1-2.1x).
+    Rows with no allowed key never reach here as an all ``-inf`` row (the caller zeroes their mask row and their
+    output)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale) + attn_mask
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p) if dropout_p else scores.softmax(dim=-1)
+    return torch.matmul(probs, v)
+
+
 class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative-position bias (AIM / Swin), spatial or temporal.
 
@@ -272,7 +288,10 @@ class WindowAttention(nn.Module):
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
         attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
+        if x.device.type == "cpu" and (attn_mask.requires_grad or x.dtype == torch.bfloat16):
+            out = _explicit_attention(q, k, val, attn_mask, dropout_p, self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
         if keep_rows is not None:  # rows with no allowed key attend to nothing
             out = out * keep_rows
         out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
