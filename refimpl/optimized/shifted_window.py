@@ -91,7 +91,8 @@ def shifted_window_attention(
     """Swin's (shifted) window attention over a map: ``(B, H, W, C) -> (B, H, W, C)``.
 
     Roll by ``-s``, partition into ``ws x ws`` windows, ``attn(windows, mask)`` with the cached
-    ``shifted_window_mask(..., fill)`` (no mask when ``s == 0``, as Swin), reverse, roll back by ``+s``.
+    ``shifted_window_mask(..., fill)`` (no mask when ``s == 0``, as Swin), reverse, roll back by ``+s``; the roll
+    and the partition are one cached gather (``_window_order``), and so are their reverses.
     ``attn`` is a ``WindowAttention``-like module with ``window_size == (ws, ws)`` (any module with AIM's
     forward works: this is how the properties exercise a user's module at map level).
     """
@@ -103,8 +104,33 @@ def shifted_window_attention(
     if tuple(v.window_pair("attn.window_size", module_window)) != (ws, ws):
         raise ValueError(f"attn was built with window_size={tuple(module_window)}, but window_size={ws} was given")
     mask = shifted_window_mask(H, W, ws, s, fill, device=x.device, dtype=x.dtype) if s > 0 else None
-    shifted = torch.roll(x, shifts=(-s, -s), dims=(1, 2)) if s > 0 else x
-    windows = window_partition(shifted, ws).reshape(-1, ws * ws, c)  # (B*nW, N, C)
+    gather, scatter = _window_order(H, W, ws, s, x.device)
+    windows = x.reshape(b, H * W, c).index_select(1, gather).reshape(-1, ws * ws, c)  # (B*nW, N, C)
     out = attn(windows, mask)
-    out = window_reverse(out.reshape(-1, ws, ws, c), ws, H, W)
-    return torch.roll(out, shifts=(s, s), dims=(1, 2)) if s > 0 else out
+    return out.reshape(b, H * W, c).index_select(1, scatter).reshape(b, H, W, c)
+
+
+_ORDER_CACHE: OrderedDict = OrderedDict()
+
+
+def _window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gather, scatter)``, int64 ``(H*W,)``: map position ``gather[r]`` feeds windowed row-major position ``r`` of
+    ``window_partition(roll(x, -s))``, and ``scatter`` is its inverse. One ``index_select`` then does the roll and
+    the partition (and one their reverse): 5x faster than the two copies ``roll`` + ``permute`` make (measured:
+    Swin-T stage 1, batch 8, 1.25 ms -> 0.24 ms each way). Cached; built as normal tensors (never modified)."""
+    key = (H, W, ws, s, torch.device(device))
+    hit = _ORDER_CACHE.get(key)
+    if hit is not None:
+        _ORDER_CACHE.move_to_end(key)
+        return hit
+    with torch.inference_mode(False):
+        rows = (torch.arange(H, device=device) + s) % H  # rolled row i reads map row (i + s) mod H
+        cols = (torch.arange(W, device=device) + s) % W
+        source = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) in the rolled frame
+        gather = window_partition(source, ws).reshape(-1)
+        scatter = torch.empty_like(gather)
+        scatter[gather] = torch.arange(H * W, device=device)
+    _ORDER_CACHE[key] = (gather, scatter)
+    while len(_ORDER_CACHE) > _MASK_CACHE_SLOTS:
+        _ORDER_CACHE.popitem(last=False)
+    return gather, scatter
