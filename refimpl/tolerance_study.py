@@ -3,8 +3,9 @@
 For random window-attention cases (the property suite's own generator) and each dtype, it prints, as multiples
 of the naive same-dtype error (``refimpl.eager``) and in ulps of the output magnitude:
 
-* the noise of *correct* implementations: refimpl's SDPA module (forward and gradients) and a variant that scales
-  the logits after ``q @ k^T`` instead of before (upstream's ``Attention`` order; a rounding-level difference);
+* the noise of *correct* implementations: refimpl's module on each route it takes (inference, forward under
+  autograd, gradients) and a variant that scales the logits after ``q @ k^T`` instead of before (upstream's
+  ``Attention`` order; a rounding-level difference);
 * the error of the smallest realistic *bug* we know: a float32/float16 module whose softmax runs in bfloat16
   (and, for float64, a module that silently computes in float32), over the cases where it can show (N > 1).
 
@@ -72,9 +73,10 @@ def _scaled_after(module_cls):
 def _ratios(impl_cls, case, dtype, what="forward"):
     impl = W.Implementation(W.KIND, impl_cls.__name__, impl_cls)
     c = W.rounded_case(case, dtype)
-    if what == "forward":
+    if what in ("forward", "inference"):
         expected = {"out": c.oracle_output()}
-        actual = {"out": W.forward(W._run(impl, c, "cpu", dtype), c, "cpu", dtype)}
+        with torch.set_grad_enabled(what == "forward"):  # inference: the routes taken without autograd
+            actual = {"out": W.forward(W._run(impl, c, "cpu", dtype), c, "cpu", dtype)}
         naive = {"out": W.forward(W._run(W.EAGER, c, "cpu", dtype), c, "cpu", dtype)}
     else:
         expected = c.oracle_vjp()
@@ -123,8 +125,9 @@ def main(argv=None):
         rng = np.random.default_rng(args.seed)
         cases = [_random_case(rng) for _ in range(args.cases)]
         measured = {
-            "refimpl SDPA, forward": [_ratios(WindowAttention, c, dtype) for c in cases],
-            "refimpl SDPA, gradients": [_ratios(WindowAttention, c, dtype, "grad") for c in cases],
+            "refimpl, inference": [_ratios(WindowAttention, c, dtype, "inference") for c in cases],
+            "refimpl, forward under autograd": [_ratios(WindowAttention, c, dtype) for c in cases],
+            "refimpl, gradients": [_ratios(WindowAttention, c, dtype, "grad") for c in cases],
             "scale after q@k^T, forward": [_ratios(_scaled_after(WindowAttention), c, dtype) for c in cases],
         }
         bugs = {}

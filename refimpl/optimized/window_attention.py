@@ -39,7 +39,8 @@ def temporal_relative_index(num_ttokens: int, *, device=None) -> torch.Tensor:
 
 
 def _explicit_attention(q, k, v, attn_mask, dropout_p: float, scale: float) -> torch.Tensor:
-    """``softmax(q k^T * scale + attn_mask) v`` with dropout on the probabilities: ``(B_, nH, N, d)``.
+    """``softmax(q k^T * scale + attn_mask) v`` with dropout on the probabilities: q, k, v ``(B_, nH, N, d)``,
+    ``attn_mask`` ``(1 | B_ | nW, nH, N, N)`` (per window: row ``b`` gets ``attn_mask[b % nW]``) -> ``(B_, nH, N, d)``.
 
     The CPU route where SDPA loses (measured, one thread, torch 2.13, the README's benchmark shapes):
       * training with a learned bias: a mask that requires grad sends CPU SDPA to its math backend, which is this
@@ -49,9 +50,18 @@ def _explicit_attention(q, k, v, attn_mask, dropout_p: float, scale: float) -> t
         core 1.3-1.4x at Swin-T stages 1 and 3, 3x at T=8). In float32 the fused kernel wins (1.1-2.1x).
     Rows with no allowed key never reach here as an all ``-inf`` row (the caller zeroes their mask row and their
     output)."""
-    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale) + attn_mask
+    scores = _per_row(torch.matmul(q, k.transpose(-2, -1)).mul_(scale), attn_mask, torch.add)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout_p) if dropout_p else scores.softmax(dim=-1)
     return torch.matmul(probs, v)
+
+
+def _per_row(t: torch.Tensor, other: torch.Tensor, op) -> torch.Tensor:
+    """``op(t, other)`` for ``t`` ``(B_, ...)`` and ``other`` ``(1 | B_ | nW, ...)``: a per-window ``other`` applies to
+    row ``b`` as ``other[b % nW]`` (batch-major rows) through a 5-D broadcast, never a B-fold copy."""
+    rows, windows = t.shape[0], other.shape[0]
+    if windows in (1, rows):
+        return op(t, other)
+    return op(t.view(rows // windows, windows, *t.shape[1:]), other).view(t.shape)
 
 
 class WindowAttention(nn.Module):
@@ -172,23 +182,24 @@ class WindowAttention(nn.Module):
         self._mask_terms_cache = (mask, key, (additive, attends_to_nothing))
         return additive, attends_to_nothing
 
-    def _combined_mask(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype):
+    def _combined_mask(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype, per_window: bool = False):
         """The 4-D additive SDPA mask, ``(1, nH, N, N)`` without a window mask, else ``(B_, nH, N, N)``, and the
-        ``(B_, 1, N, 1)`` factor that zeroes rows attending to nothing (None when there are none)."""
+        ``(B_, 1, N, 1)`` factor that zeroes rows attending to nothing (None when there are none). With
+        ``per_window`` the window-masked ones stay ``(nW, nH, N, N)`` and ``(nW, 1, N, 1)`` (see ``_per_row``)."""
         bias = self._position_bias(temporal, dtype)
         if mask is None:
             return bias, None
         n_windows, n = mask.shape[0], mask.shape[-1]
         additive, attends_to_nothing = self._window_mask_terms(mask, dtype)
-        per_window = bias + additive  # (nW, nH, N, N)
-        # Materialized contiguous: a stride-0 batch expand cannot merge (B, nW) into one B_ axis.
-        combined = per_window.repeat(n_rows // n_windows, 1, 1, 1).reshape(n_rows, self.num_heads, n, n)
-        if attends_to_nothing is None:
-            return combined, None
-        keep = (~attends_to_nothing).to(dtype).repeat(n_rows // n_windows, 1, 1, 1)  # (B_, 1, N, 1)
-        return combined, keep
+        windows = bias + additive  # (nW, nH, N, N)
+        keep = None if attends_to_nothing is None else (~attends_to_nothing).to(dtype)  # (nW, 1, N, 1)
+        if per_window:
+            return windows, keep
+        # Materialized contiguous for SDPA: a stride-0 batch expand cannot merge (B, nW) into one B_ axis.
+        copies = n_rows // n_windows
+        return windows.repeat(copies, 1, 1, 1), None if keep is None else keep.repeat(copies, 1, 1, 1)
 
-    def _cache_key(self, temporal: bool, mask, n_rows: int, dtype: torch.dtype):
+    def _cache_key(self, temporal: bool, mask, n_rows, dtype: torch.dtype):
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
         index = self.t_relative_coords if temporal else self.relative_position_index
         # _version moves on every in-place write (load_state_dict's copy_, optimizer steps, mul_), data_ptr on
@@ -203,23 +214,25 @@ class WindowAttention(nn.Module):
         as 0 here; their output is zeroed after SDPA)."""
         return self._attention_inputs(x_shape, mask, temporal, dtype)[0]
 
-    def _attention_inputs(self, x_shape, mask, temporal: bool, dtype=None):
-        """``(combined additive mask, row factor or None)``, cached when no gradient flows into them. A cached
-        entry is used only while the table, index buffer and window mask are the very tensors, at the very
-        versions, it was built from."""
+    def _mask_needs_grad(self, temporal: bool, mask) -> bool:
+        table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
+        return torch.is_grad_enabled() and (table.requires_grad or (mask is not None and mask.requires_grad))
+
+    def _attention_inputs(self, x_shape, mask, temporal: bool, dtype=None, per_window: bool = False):
+        """``(combined additive mask, row factor or None)`` (``per_window``: see ``_combined_mask``), cached when no
+        gradient flows into them. A cached entry is used only while the table, index buffer and window mask are
+        the very tensors, at the very versions, it was built from."""
         dtype = dtype or self.relative_position_bias_table.dtype
         n_rows = x_shape[0]
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
-        needs_grad = torch.is_grad_enabled() and (
-            table.requires_grad or (mask is not None and mask.requires_grad)
-        )
+        needs_grad = self._mask_needs_grad(temporal, mask)
         # Not cached: when a gradient must flow (a cached tensor would hold a freed autograd graph after the first
         # backward), and when an input is an inference tensor (it has no version counter to detect edits with).
         index = self.t_relative_coords if temporal else self.relative_position_index
         untracked = any(t is not None and t.is_inference() for t in (table, index, mask))
         if needs_grad or untracked:
-            return self._combined_mask(temporal, mask, n_rows, dtype)
-        key = self._cache_key(temporal, mask, n_rows, dtype)
+            return self._combined_mask(temporal, mask, n_rows, dtype, per_window)
+        key = self._cache_key(temporal, mask, "per window" if per_window else n_rows, dtype)
         hit = self._bias_cache.get(key)
         if hit is not None and hit[0] is mask:
             self._bias_cache.move_to_end(key)
@@ -227,7 +240,7 @@ class WindowAttention(nn.Module):
         # Innermost no_grad: inference_mode(False) turns grad mode on, and a cached mask that required grad would
         # hold a graph and send CPU SDPA to its math backend on every call.
         with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode as well
-            inputs = self._combined_mask(temporal, mask, n_rows, dtype)
+            inputs = self._combined_mask(temporal, mask, n_rows, dtype, per_window)
         self._bias_cache[key] = (mask, inputs)
         while len(self._bias_cache) > self._CACHE_SLOTS:
             self._bias_cache.popitem(last=False)
@@ -286,14 +299,17 @@ class WindowAttention(nn.Module):
         qkv = linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
-        attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype)
+        # CPU bfloat16 and CPU training of the bias run matmul-softmax-matmul (``_explicit_attention``: faster
+        # there), with the mask per window; everything else one SDPA call with the B_-expanded 4-D mask.
+        explicit = x.device.type == "cpu" and (x.dtype == torch.bfloat16 or self._mask_needs_grad(temporal, mask))
+        attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype, per_window=explicit)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        if x.device.type == "cpu" and (attn_mask.requires_grad or x.dtype == torch.bfloat16):
+        if explicit:
             out = _explicit_attention(q, k, val, attn_mask, dropout_p, self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask, dropout_p=dropout_p, scale=self.scale)
         if keep_rows is not None:  # rows with no allowed key attend to nothing
-            out = out * keep_rows
+            out = _per_row(out, keep_rows, torch.mul)
         out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
         return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
