@@ -1,10 +1,11 @@
 """AIM ``WindowAttention`` as a drop-in torch module, on ``F.scaled_dot_product_attention``.
 
 The trick: the relative-position bias (plus the window mask, when one is given) is gathered once into a 4-D
-additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear (the linears on
-oneDNN's GEMM for CPU float32 inference, ``refimpl.optimized._linear``). A 4-D mask keeps
+additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
 CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math backend;
-see ``shared/notes/performance.md``). Every part of this is covered by a property against ``refimpl.reference``.
+see ``shared/notes/performance.md``). On CPU the linears run oneDNN's GEMM in float32 (``refimpl.optimized._linear``),
+and bfloat16 and training of the bias take matmul-softmax-matmul instead of SDPA (``_explicit_attention``), each
+where it measured faster. Every part of this is covered by a property against ``refimpl.reference``.
 """
 
 from __future__ import annotations
