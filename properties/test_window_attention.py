@@ -68,7 +68,7 @@ def test_optimized_linears_run_onednn_for_cpu_float32_only(dtype):
     forward and backward (the input gradients; the weight gradients are ``mm``); other dtypes keep ``addmm``. (The
     oracle properties compare every route's outputs and gradients.)"""
     if not onednn_linear_available():
-        pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (torch < 2.3 or oneDNN disabled)")
+        pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (no register_flop_formula before torch 2.2, or oneDNN disabled)")
     module, x, mask = _module_inputs()
     module, x, mask = module.to(dtype), x.to(dtype), mask.to(dtype)
     with torch.no_grad():

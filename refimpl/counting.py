@@ -8,7 +8,7 @@ registers the formula the counter already uses for the CUDA flash op on that CPU
 is no such op (and before 2.2 no ``register_flop_formula``), and nothing is needed: CPU SDPA runs the flash op the
 counter knows (no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is
 (docs/torch-versions.md). The same holds for oneDNN's linear (``mkldnn._linear_pointwise``), which refimpl's
-optimized modules run for CPU float32 inference on torch >= 2.3 (``refimpl.optimized._linear``): ``count_flops``
+optimized modules run for CPU float32 where this registration is possible (``refimpl.optimized._linear``): ``count_flops``
 registers ``2 * rows * in * out``, the counter's ``addmm`` formula.
 """
 
@@ -36,12 +36,14 @@ def cpu_sdpa_formula_registered() -> bool:
             return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
         flop_counter.register_flop_formula(_CPU_SDPA)(cpu_sdpa_flop)
-    _register_onednn_linear_formula()
     return True
 
 
 def _register_onednn_linear_formula() -> None:
-    """``x (rows, in) @ weight (out, in)^T``: ``2 * rows * in * out`` FLOPs, as the counter charges ``addmm``."""
+    """``x (rows, in) @ weight (out, in)^T``: ``2 * rows * in * out`` FLOPs, as the counter charges ``addmm``
+    (where torch has the op and ``register_flop_formula``: exactly where ``refimpl.optimized._linear`` uses it)."""
+    if not hasattr(flop_counter, "register_flop_formula"):
+        return
     try:
         op = getattr(torch.ops.mkldnn, ONEDNN_LINEAR_OP)
     except (AttributeError, RuntimeError):
@@ -60,8 +62,9 @@ def _register_onednn_linear_formula() -> None:
 
 def count_flops(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
     """``(total FLOPs, FLOPs per aten op)`` of ``fn(*args, **kwargs)`` under ``FlopCounterMode`` (2 per MAC), with
-    the CPU SDPA formula registered."""
+    the formulas of CPU SDPA and oneDNN's linear registered."""
     cpu_sdpa_formula_registered()
+    _register_onednn_linear_formula()
     with flop_counter.FlopCounterMode(display=False) as counter:
         fn(*args, **kwargs)
     per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}

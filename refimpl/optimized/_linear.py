@@ -6,9 +6,10 @@ path: 77-102 GFLOP/s on one thread for the window-attention linears ((25088, 96)
 bias inside the GEMM instead of broadcasting it into the output first (the README's benchmarks have the figures).
 The result is the same GEMM; the properties compare every route against the float64 oracle.
 
-Used for CPU float32 with oneDNN enabled (``torch.backends.mkldnn.enabled``) on torch >= 2.3, the releases whose CPU
-SDPA fuses a masked attention, i.e. the fast-path regime whose FLOP count ``refimpl.counting.count_flops`` checks (it
-registers the op's formula). The op has no derivative: under autograd ``_OneDnnLinear`` supplies one, with the input
+Used for CPU float32 with oneDNN enabled (``torch.backends.mkldnn.enabled``) where torch has the op and
+``torch.utils.flop_counter.register_flop_formula`` (torch >= 2.2): the FLOP counter knows no formula for the op,
+and ``refimpl.counting.count_flops`` registers one, so the counted work stays checkable (detected by feature, as
+everything else in refimpl). The op has no derivative: under autograd ``_OneDnnLinear`` supplies one, with the input
 gradient ``grad_out @ W`` on oneDNN as well and the weight gradient ``grad_out^T @ x`` on ``mm`` (measured: oneDNN
 is no faster there once the transposed copies are paid), written with differentiable operations so that second
 derivatives work too. Everywhere else this is ``F.linear``.
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils import flop_counter
 
 __all__ = ["linear", "onednn_linear_available"]
 
 
 def _onednn_linear():
-    if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 3) or not torch.backends.mkldnn.is_available():
+    if not (hasattr(flop_counter, "register_flop_formula") and torch.backends.mkldnn.is_available()):
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise
