@@ -8,6 +8,7 @@ from refimpl.counting import FUSED_CPU_SDPA_OP, ONEDNN_LINEAR_OP, dispatched_ops
 from refimpl.optimized import WindowAttention
 from refimpl.optimized._linear import onednn_linear_available
 from refimpl.properties import properties_for, property_grid, run_property
+from refimpl.properties._core import cpu_threads
 from refimpl.properties.window_attention import EAGER, KIND
 
 CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}") for prop, device, dtype in property_grid(KIND)]
@@ -49,15 +50,15 @@ def _cpu_sdpa_fuses_a_4d_additive_mask() -> bool:
 
 @pytest.mark.parametrize("call", ["spatial", "spatial-masked", "temporal"])
 def test_optimized_forward_is_one_fused_sdpa_call_on_cpu(call):
-    """Inference runs exactly one SDPA call, on the fused CPU kernel: the 4-D combined mask keeps SDPA off its math
-    backend (no bmm or softmax anywhere in the forward)."""
+    """Inference on one thread runs exactly one SDPA call, on the fused CPU kernel: the 4-D combined mask keeps SDPA
+    off its math backend (no bmm or softmax anywhere in the forward)."""
     if not _cpu_sdpa_fuses_a_4d_additive_mask():
         pytest.skip(f"torch {torch.__version__}'s CPU SDPA has no fused kernel for an additive mask (it runs the math "
                     "backend, which the oracle properties cover)")
     module, x, mask = _module_inputs()
     if call == "temporal":
         x = x[:, :3]  # num_ttokens = 3
-    with torch.no_grad():
+    with torch.no_grad(), cpu_threads(1):
         ops = dispatched_ops(module, x, mask if call == "spatial-masked" else None, call == "temporal")
     assert ops.count(FUSED_CPU_SDPA_OP) == 1 and not MATH_OPS & set(ops), ops
 
@@ -80,14 +81,15 @@ def test_optimized_linears_run_onednn_for_cpu_float32_only(dtype):
     assert x.grad is not None and module.qkv.weight.grad is not None
 
 
-@pytest.mark.parametrize("call", ["bfloat16 inference", "float32 training"])
+@pytest.mark.parametrize("call", ["float32 inference on 2 threads", "bfloat16 inference", "float32 training"])
 def test_optimized_cpu_core_is_matmul_softmax_matmul_where_sdpa_loses(call):
-    """CPU bfloat16, and CPU training with a learned bias (the mask requires grad), run the cached mask through
-    matmul, softmax, matmul: no SDPA call, and so none of its math backend's all-masked-row checks."""
+    """CPU inference on more than one thread, CPU bfloat16, and CPU training with a learned bias (the mask requires
+    grad) run the cached mask through matmul, softmax, matmul: no SDPA call, and so none of its math backend's
+    all-masked-row checks."""
     module, x, mask = _module_inputs()
     if call == "bfloat16 inference":
         module, x, mask = module.bfloat16(), x.bfloat16(), mask.bfloat16()
-    with torch.set_grad_enabled(call == "float32 training"):
+    with torch.set_grad_enabled(call == "float32 training"), cpu_threads(2 if "2 threads" in call else 1):
         ops = dispatched_ops(module, x, mask)
     assert "scaled_dot_product_attention" not in " ".join(ops) and "_safe_softmax" not in ops, ops
     assert ops.count("_softmax") == 1 and ops.count("bmm") == 2, ops
@@ -105,9 +107,10 @@ def test_cached_attention_mask_holds_no_graph():
 
 @pytest.mark.parametrize("backend", ["MATH", "FLASH_ATTENTION"])
 def test_rows_with_no_allowed_key_give_proj_bias_on_each_cpu_backend(backend):
-    """The fully-masked-row decision holds whichever CPU backend SDPA is forced onto: such a row outputs exactly
-    proj.bias, every other row is finite and the same on both backends up to rounding (raw SDPA gives NaN there
-    before torch 2.5 and 0 from 2.5; the module never hands it such a row)."""
+    """The fully-masked-row decision holds whichever CPU backend SDPA is forced onto (one thread, where the module
+    calls SDPA): such a row outputs exactly proj.bias, every other row is finite and the same as the
+    matmul-softmax-matmul route's (two threads) up to rounding (raw SDPA gives NaN there before torch 2.5 and 0
+    from 2.5; the module never hands it such a row)."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:
@@ -115,10 +118,11 @@ def test_rows_with_no_allowed_key_give_proj_bias_on_each_cpu_backend(backend):
                     "(rows_with_no_allowed_key_attend_to_nothing covers the default one)")
     module, x, mask = _module_inputs()
     with torch.no_grad():
-        default = module(x, mask)
-        with sdpa_kernel(getattr(SDPBackend, backend)):
+        with cpu_threads(2):
+            matmul_route = module(x, mask)
+        with cpu_threads(1), sdpa_kernel(getattr(SDPBackend, backend)):
             forced = module(x, mask)
     dead = forced[[1, 3], 3]  # query 3 of window 1, in both images
     assert torch.equal(dead, module.proj.bias.detach().expand_as(dead)), dead
     assert torch.isfinite(forced).all()
-    torch.testing.assert_close(forced, default)
+    torch.testing.assert_close(forced, matmul_route)

@@ -4,8 +4,8 @@ The trick: the relative-position bias (plus the window mask, when one is given) 
 additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
 CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math backend;
 see ``shared/notes/performance.md``). On CPU the linears run oneDNN's GEMM in float32 (``refimpl.optimized._linear``),
-and bfloat16 and training of the bias take matmul-softmax-matmul instead of SDPA (``_explicit_attention``), each
-where it measured faster. Every part of this is covered by a property against ``refimpl.reference``.
+and matmul-softmax-matmul replaces SDPA wherever it measured faster (``_cpu_sdpa_is_faster``: more than one thread,
+bfloat16, training of the bias). Every part of this is covered by a property against ``refimpl.reference``.
 """
 
 from __future__ import annotations
@@ -43,17 +43,25 @@ def _explicit_attention(q, k, v, attn_mask, dropout_p: float, scale: float) -> t
     """``softmax(q k^T * scale + attn_mask) v`` with dropout on the probabilities: q, k, v ``(B_, nH, N, d)``,
     ``attn_mask`` ``(1 | B_ | nW, nH, N, N)`` (per window: row ``b`` gets ``attn_mask[b % nW]``) -> ``(B_, nH, N, d)``.
 
-    The CPU route where SDPA loses (measured, one thread, torch 2.13, the README's benchmark shapes):
-      * training with a learned bias: a mask that requires grad sends CPU SDPA to its math backend, which is this
-        computation plus an all-masked-row check (``isneginf``/``all``/``where``, about 5% of a Swin-T stage 1 step)
-        and, for half types, float32 arithmetic;
-      * bfloat16: the fused CPU kernel is slower than these three bfloat16 ops at every window shape (attention
-        core 1.3-1.4x at Swin-T stages 1 and 3, 3x at T=8). In float32 the fused kernel wins (1.1-2.1x).
-    Rows with no allowed key never reach here as an all ``-inf`` row (the caller zeroes their mask row and their
-    output)."""
+    The CPU route wherever SDPA loses (``_cpu_sdpa_is_faster``). Rows with no allowed key never reach here as an all
+    ``-inf`` row (the caller zeroes their mask row and their output)."""
     scores = _per_row(torch.matmul(q, k.transpose(-2, -1)).mul_(scale), attn_mask, torch.add)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout_p) if dropout_p else scores.softmax(dim=-1)
     return torch.matmul(probs, v)
+
+
+def _cpu_sdpa_is_faster(dtype: torch.dtype, mask_needs_grad: bool) -> bool:
+    """Whether CPU SDPA's fused kernel beats ``_explicit_attention``; measured at the README's benchmark shapes
+    (torch 2.13, attention core):
+      * float32 on one thread: it wins, 1.0-1.2x (per-window mask for the explicit route);
+      * more threads: it loses at every shape, because it barely uses them (one thread -> two: Swin-T stage 1
+        12.7 -> 11.2 ms, temporal T=8 7.2 -> 10.4 ms, while the explicit route runs 1.6-1.9x faster);
+      * bfloat16: it loses at every shape (1.3-1.4x at Swin-T stages 1 and 3, 3x at T=8);
+      * training with a learned bias: a mask that requires grad sends it to its math backend, which is the explicit
+        computation plus an all-masked-row check (``isneginf``/``all``/``where``, about 5% of a Swin-T stage 1
+        step) and, for half types, float32 arithmetic.
+    """
+    return dtype != torch.bfloat16 and not mask_needs_grad and torch.get_num_threads() == 1
 
 
 def _per_row(t: torch.Tensor, other: torch.Tensor, op) -> torch.Tensor:
@@ -300,9 +308,9 @@ class WindowAttention(nn.Module):
         qkv = linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
-        # CPU bfloat16 and CPU training of the bias run matmul-softmax-matmul (``_explicit_attention``: faster
-        # there), with the mask per window; everything else one SDPA call with the B_-expanded 4-D mask.
-        explicit = x.device.type == "cpu" and (x.dtype == torch.bfloat16 or self._mask_needs_grad(temporal, mask))
+        # On CPU, matmul-softmax-matmul (``_explicit_attention``, the mask per window) wherever it is the faster
+        # route; otherwise one SDPA call with the B_-expanded 4-D mask.
+        explicit = x.device.type == "cpu" and not _cpu_sdpa_is_faster(x.dtype, self._mask_needs_grad(temporal, mask))
         attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype, per_window=explicit)
         dropout_p = self.attn_drop.p if self.training else 0.0
         if explicit:

@@ -7,6 +7,7 @@ both run the same registered objects; the implementation under test is always a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -142,6 +143,23 @@ def missing_kernels(device: str, dtype: str) -> str | None:
         except (RuntimeError, NotImplementedError) as exc:
             return f"torch {torch.__version__} has no {dtype} {name} kernel on {device}: {exc}"
     return None
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Run the body with ``torch.set_num_threads(n)``: kernels may pick other routes, and parallel ones reduce in
+    other orders, at other thread counts."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def thread_counts() -> tuple[int, int]:
+    """One thread, and the process's setting (at least two, so that the parallel routes run on any machine)."""
+    return 1, max(2, torch.get_num_threads())
 
 
 def register(kind: str, cases: SearchStrategy, dtypes: tuple[str, ...] = tuple(DTYPES), needs: tuple[str, ...] = ()):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from refimpl import reference
 from refimpl import strategies as rst
 from refimpl.eager import EagerWindowAttention
-from refimpl.properties._core import CASE_MODES, Implementation, Unsupported, register
+from refimpl.properties._core import CASE_MODES, Implementation, Unsupported, cpu_threads, register, thread_counts
 from refimpl.tolerance import assert_close
 
 KIND = "window_attention"
@@ -167,15 +167,18 @@ def buffers_match_oracle(impl, config, device, dtype):
 def forward_matches_oracle(impl, case, device, dtype):
     """Eval-mode output equals the float64 oracle on the same (dtype-rounded) inputs, within the tolerance
     policy: spatial with and without a window mask (-100, -inf or boolean; rows that may attend to nothing
-    included), and temporal. Both with autograd recording and under ``torch.no_grad()``, since an implementation
-    may take other kernels when no derivative is needed (refimpl's does: oneDNN linears, a cached mask)."""
+    included), and temporal. With autograd recording, and under ``torch.no_grad()`` on one thread and on several,
+    since an implementation may take other kernels when no derivative is needed or when threads are many
+    (refimpl's does: a cached mask, fused SDPA on one thread, matmul-softmax-matmul on more)."""
     case = rounded_case(case, dtype)
     expected = case.oracle_output()
     module = _run(impl, case, device, dtype)
     baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
-    with torch.no_grad():
-        inference = forward(module, case, device, dtype)
-    for actual, what in ((forward(module, case, device, dtype), "output"), (inference, "output under no_grad")):
+    outputs = [(forward(module, case, device, dtype), "output")]
+    for threads in thread_counts():
+        with torch.no_grad(), cpu_threads(threads):
+            outputs.append((forward(module, case, device, dtype), f"output under no_grad on {threads} thread(s)"))
+    for actual, what in outputs:
         try:
             assert_close(actual, expected, baseline=baseline, dtype=dtype, what=what)
         except AssertionError as exc:
