@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from refimpl import reference
 from refimpl import strategies as rst
 from refimpl.eager import EagerTemporalModel
 from refimpl.optimized import TemporalModel
 from refimpl.properties.temporal_model import state_tensors
 
-from _support import DEVICES, denormal_setting, settings, sync
+from _support import DEVICES, denormal_setting, record_rates, settings, sync
 
 FIERY = rst.TemporalModelConfig(in_channels=70, receptive_field=3, input_shape=(200, 200), start_out_channels=64)
 VARIANTS = {"optimized": TemporalModel, "eager": EagerTemporalModel, "stream": TemporalModel}
@@ -41,7 +42,12 @@ def test_temporal_model(benchmark, variant, device, denormals):
     module = _model(VARIANTS[variant], device)
     clip = torch.randn(1, FIERY.receptive_field, FIERY.in_channels, *FIERY.input_shape, device=device)
     benchmark.group = f"fiery-temporal-70ch-r3-200x200 {device} forward float32 {denormals}"
-    benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz")
+    # flop: FIERY's forward on this clip (2 per MAC, reference.temporal_model_macs), the model's work by definition;
+    # refimpl skips part of it (the outputs the slice drops), so its rate is an effective one
+    macs = reference.temporal_model_macs(**FIERY.kwargs(), batch=1, frames=FIERY.receptive_field,
+                                         height=FIERY.input_shape[0], width=FIERY.input_shape[1])
+    benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz",
+                                flop=reference.macs_to_flops(macs))
 
     if variant == "stream":
         stream = module.stream()
@@ -61,4 +67,5 @@ def test_temporal_model(benchmark, variant, device, denormals):
 
     with denormal_setting(denormals):
         out = benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    record_rates(benchmark)
     assert out.shape == (1, 1, module.out_channels, *FIERY.input_shape) and torch.isfinite(out).all()
