@@ -89,6 +89,31 @@ def window_attention_work(dim, heads, tokens, rows, dtype, mode):
     return work
 
 
+def timed_step(call, x, module, mode, device):
+    """The function to time: ``call(x)`` under ``torch.inference_mode`` ("forward"), or in train mode with dropout 0
+    (the same computation, as in a training step) followed by the backward of a fixed random cotangent into x and
+    every parameter ("forward+backward"); synchronized on CUDA so the time covers the work."""
+    if mode == "forward":
+        def run():
+            with torch.inference_mode():
+                out = call(x)
+            sync(device)
+            return out
+        return run
+    module.train()
+    x.requires_grad_(True)
+    grad_out = torch.randn_like(x)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = call(x)
+        out.backward(grad_out)
+        sync(device)
+        return out.detach()
+    return run
+
+
 def record_rates(benchmark):
     """Add the achieved rates (per second of the median) next to the work figures, when the run was timed."""
     stats = getattr(benchmark, "stats", None)

@@ -16,7 +16,7 @@ from refimpl.eager import EagerWindowAttention, eager_shifted_window_attention, 
 from refimpl.optimized import WindowAttention, shifted_window_attention, shifted_window_mask
 
 from _support import (MODES, denormal_setting, random_window_attention, record_rates, settings,
-                      skip_unless_installed, sync, window_attention_work)
+                      skip_unless_installed, sync, timed_step, window_attention_work)
 
 # name: (batch, H = W, dim, heads, window, shift)  -- Swin-T's shifted blocks at 224x224, batch 8
 MAPS = {
@@ -59,25 +59,7 @@ def test_shifted_window_attention(benchmark, workload, variant, device, dtype, d
     rows = batch * (side // ws) ** 2
     benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz",
                                 **window_attention_work(dim, heads, ws * ws, rows, dtype, mode))
-    if mode == "forward":
-        def run():
-            with torch.inference_mode():
-                out = call(x)
-            sync(device)
-            return out
-    else:
-        module.train()  # dropout is 0: the same computation, as in a training step
-        x.requires_grad_(True)
-        grad_out = torch.randn_like(x)
-
-        def run():
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            out = call(x)
-            out.backward(grad_out)
-            sync(device)
-            return out.detach()
-
+    run = timed_step(call, x, module, mode, device)
     with denormal_setting(denormals):
         out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)
     record_rates(benchmark)

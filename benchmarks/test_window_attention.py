@@ -19,7 +19,7 @@ from refimpl.eager import EagerWindowAttention
 from refimpl.optimized import WindowAttention
 
 from _support import (MODES, denormal_setting, random_window_attention, record_rates, settings,
-                      skip_unless_installed, sync, window_attention_work)
+                      skip_unless_installed, timed_step, window_attention_work)
 
 # name: (dim, heads, window, B_ rows, shifted map (H, W, shift) or None, temporal tokens or None)
 WORKLOADS = {
@@ -77,27 +77,8 @@ def test_window_attention(benchmark, workload, variant, device, dtype, denormals
     benchmark.group = f"{workload} {device} {mode} {dtype} {denormals}"
     benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz",
                                 **window_attention_work(dim, heads, t_tokens or ws * ws, rows, dtype, mode))
-    call = (lambda: module(x, mask)) if variant.startswith("timm") else (lambda: module(x, mask, temporal))
-
-    if mode == "forward":
-        def run():
-            with torch.inference_mode():
-                out = call()
-            sync(device)
-            return out
-    else:
-        module.train()  # dropout is 0: the same computation, as in a training step
-        x.requires_grad_(True)
-        grad_out = torch.randn_like(x)
-
-        def run():
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            out = call()
-            out.backward(grad_out)
-            sync(device)
-            return out.detach()
-
+    call = (lambda x: module(x, mask)) if variant.startswith("timm") else (lambda x: module(x, mask, temporal))
+    run = timed_step(call, x, module, mode, device)
     with denormal_setting(denormals):
         out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)
     record_rates(benchmark)
