@@ -66,6 +66,6 @@ def test_temporal_model(benchmark, variant, device, denormals):
             return out
 
     with denormal_setting(denormals):
-        out = benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+        out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)
     record_rates(benchmark)
     assert out.shape == (1, 1, module.out_channels, *FIERY.input_shape) and torch.isfinite(out).all()
