@@ -2,7 +2,6 @@
 and the work and traffic figures recorded next to each time."""
 
 import contextlib
-import importlib.util
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from refimpl import reference
 from refimpl import strategies as rst
+from refimpl.peers import not_installed
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MODES = ["forward", "forward+backward"]
@@ -43,10 +43,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def skip_unless_installed(*modules):
-    for module in modules:
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed (pip install -c constraints.txt {module}, torch pinned there)")
+def skip_unless_installed(peer):
+    """Skip the benchmark (with the reason) when ``peer`` ("timm" or "torchvision") cannot be imported here."""
+    reason = not_installed(peer)
+    if reason:
+        pytest.skip(reason)
 
 
 def settings(device_dtypes=None):

@@ -38,7 +38,7 @@ VARIANTS = ["optimized", "eager", "timm", "timm-fused"]
 
 def _module_class(variant):
     if variant.startswith("timm"):
-        skip_unless_installed("timm", "torchvision")
+        skip_unless_installed("timm")
         from refimpl.peers import TimmWindowAttention
 
         return TimmWindowAttention

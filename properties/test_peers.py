@@ -2,19 +2,19 @@
 Skipped (with the reason) where the peers are not installed; the ``peers`` tox environment installs them with
 torch pinned."""
 
-import importlib.util
-
 import pytest
 
 from refimpl.harness import verify
+from refimpl.peers import not_installed
 
 PEERS = {"timm": "refimpl.peers:TimmWindowAttention", "torchvision": "refimpl.peers:TorchvisionWindowAttention"}
 
 
 @pytest.mark.parametrize("package", PEERS)
 def test_peer_passes_every_property_it_supports(package):
-    if importlib.util.find_spec(package) is None or importlib.util.find_spec("torchvision") is None:
-        pytest.skip(f"{package} is not installed (tox -e peers installs it with torch pinned)")
+    reason = not_installed(package)
+    if reason:
+        pytest.skip(reason)
     report = verify({"window_attention": PEERS[package]}, devices=["cpu"], dtypes=("float64", "float32"),
                     max_examples=30)
     assert not report.failed, report.failed[0].detail

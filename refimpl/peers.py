@@ -13,13 +13,25 @@ schemas it expects first (its C ops stay unusable; the Swin code is pure PyTorch
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import torch
 
-__all__ = ["TimmWindowAttention", "TorchvisionWindowAttention"]
+__all__ = ["TimmWindowAttention", "TorchvisionWindowAttention", "not_installed"]
 
 _SHIM = []  # keeps the torch.library.Library alive
+_REQUIRES = {"timm": ("timm", "torchvision"), "torchvision": ("torchvision",)}  # timm imports torchvision
+
+
+def not_installed(peer: str) -> str | None:
+    """Why ``peer`` ("timm" or "torchvision") cannot be used here, or None when everything it imports is installed."""
+    missing = [package for package in _REQUIRES[peer] if importlib.util.find_spec(package) is None]
+    if not missing:
+        return None
+    return (f"not installed: {', '.join(missing)} (the {peer} peer imports {', '.join(_REQUIRES[peer])}; tox -e peers "
+            "installs them with torch pinned, or pip install -c constraints.txt timm torchvision with "
+            "constraints.txt = torch==<your version>)")
 
 
 def _import_torchvision():

@@ -52,8 +52,17 @@ def _build_mask(H: int, W: int, ws: int, s: int, fill: float, device, dtype) -> 
     return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, fill)
 
 
+_CACHE_SLOTS = 32  # entries per module-level cache (least recently used dropped first)
 _MASK_CACHE: OrderedDict = OrderedDict()
-_MASK_CACHE_SLOTS = 32
+_ORDER_CACHE: OrderedDict = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key, value):
+    """Store ``value`` as the newest entry of ``cache``, dropping the least recently used beyond ``_CACHE_SLOTS``."""
+    cache[key] = value
+    while len(cache) > _CACHE_SLOTS:
+        cache.popitem(last=False)
+    return value
 
 
 def shifted_window_mask(
@@ -79,10 +88,7 @@ def shifted_window_mask(
         return hit[0]
     with torch.inference_mode(False):  # a normal tensor: it has a version counter and works in every mode
         mask = _build_mask(H, W, ws, s, fill, device, dtype)
-    _MASK_CACHE[key] = (mask, mask._version)
-    while len(_MASK_CACHE) > _MASK_CACHE_SLOTS:
-        _MASK_CACHE.popitem(last=False)
-    return mask
+    return _remember(_MASK_CACHE, key, (mask, mask._version))[0]
 
 
 def shifted_window_attention(
@@ -110,9 +116,6 @@ def shifted_window_attention(
     return out.reshape(b, H * W, c).index_select(1, scatter).reshape(b, H, W, c)
 
 
-_ORDER_CACHE: OrderedDict = OrderedDict()
-
-
 def _window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gather, scatter)``, int64 ``(H*W,)``: map position ``gather[r]`` feeds windowed row-major position ``r`` of
     ``window_partition(roll(x, -s))``, and ``scatter`` is its inverse. One ``index_select`` then does the roll and
@@ -130,7 +133,4 @@ def _window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor
         gather = window_partition(source, ws).reshape(-1)
         scatter = torch.empty_like(gather)
         scatter[gather] = torch.arange(H * W, device=device)
-    _ORDER_CACHE[key] = (gather, scatter)
-    while len(_ORDER_CACHE) > _MASK_CACHE_SLOTS:
-        _ORDER_CACHE.popitem(last=False)
-    return gather, scatter
+    return _remember(_ORDER_CACHE, key, (gather, scatter))
