@@ -3,7 +3,6 @@
 import os
 
 import torch
-
 from _support import native_dtypes
 
 THREADS = int(os.environ.get("REFIMPL_BENCH_THREADS", "1"))  # 1 thread: the 2-core box is bimodal with 2

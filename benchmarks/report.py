@@ -1,14 +1,14 @@
-"""Markdown tables from pytest-benchmark JSON: the README's results section is generated here, never typed.
+"""Markdown tables from pytest-benchmark JSON: docs/benchmarks.md's results are generated here, never typed.
 
-    python benchmarks/report.py bench.json [more.json ...]   # one table per file: variants side by side
-    python benchmarks/report.py --targets bench.json          # issue 8's speed targets against the measured ratios
-    python benchmarks/report.py --compare cpu.json gpu.json   # two runs side by side (e.g. a GPU run and a CPU run)
-    python benchmarks/report.py --update README.md            # regenerate the README blocks from their JSON files
-    python benchmarks/report.py --check README.md             # exit 1 if a README block differs from its JSON
+    python benchmarks/report.py bench.json [more.json ...]     # one table per file: variants side by side
+    python benchmarks/report.py --targets bench.json            # issue 8's speed targets against the measured ratios
+    python benchmarks/report.py --compare cpu.json gpu.json     # two runs side by side (e.g. a GPU and a CPU run)
+    python benchmarks/report.py --update docs/benchmarks.md     # regenerate the page's blocks from their JSON files
+    python benchmarks/report.py --check docs/benchmarks.md      # exit 1 if a block differs from its JSON
 
-A README block is ``<!-- report: PATH -->`` or ``<!-- targets: PATH -->`` (PATH relative to the README) followed by
-the generated text and ``<!-- end -->``. Benchmarks are grouped by ``benchmark.group`` = "workload device mode dtype
-denormals" and told apart by their ``variant`` parameter.
+A block is ``<!-- report: PATH -->`` or ``<!-- targets: PATH -->`` (PATH relative to the page that holds it)
+followed by the generated text and ``<!-- end -->``. Benchmarks are grouped by ``benchmark.group`` = "workload
+device mode dtype denormals" and told apart by their ``variant`` parameter.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def targets(data) -> str:
             lines.append(f"| {text} | not measured in this run | — |")
             continue
         ratio = runs[against][0] / runs["optimized"][0]
-        lines.append(f"| {text} | {ratio:.2f}x | {'yes' if ratio > minimum or (ratio == minimum and not strict) else 'no'} |")
+        met = ratio > minimum or (ratio == minimum and not strict)
+        lines.append(f"| {text} | {ratio:.2f}x | {'yes' if met else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +109,8 @@ def compare(path_a, path_b) -> str:
     index_a = {(k[0],) + k[2:] + (v,): t for k, runs in medians(a).items() for v, (t, _) in runs.items()}
     index_b = {(k[0],) + k[2:] + (v,): t for k, runs in medians(b).items() for v, (t, _) in runs.items()}
     lines = [f"A: {path_a} ({describe(a)})", f"B: {path_b} ({describe(b)})", "",
-             "| workload | mode | dtype | denormals | variant | A ms | B ms | A / B |", "|---|---|---|---|---|---:|---:|---:|"]
+             "| workload | mode | dtype | denormals | variant | A ms | B ms | A / B |",
+             "|---|---|---|---|---|---:|---:|---:|"]
     for key in sorted(set(index_a) | set(index_b)):
         ta, tb = index_a.get(key), index_b.get(key)
         ratio = f"{ta / tb:.2f}" if ta is not None and tb is not None else "—"
@@ -121,27 +123,30 @@ def render_block(kind, path) -> str:
     return f"Measured: {describe(data)}.\n\n" + (table(data) if kind == "report" else targets(data))
 
 
-def update_readme(readme, check_only=False) -> list[str]:
-    """Regenerate every block of ``readme``; return the JSON paths whose block was out of date (and, unless
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"  # the page that holds the results
+
+
+def update_page(page=PAGE, check_only=False) -> list[str]:
+    """Regenerate every block of ``page``; return the JSON paths whose block was out of date (and, unless
     ``check_only``, rewrite the file)."""
-    readme = Path(readme)
-    text, stale = readme.read_text(), []
+    page = Path(page)
+    text, stale = page.read_text(), []
 
     def regenerate(match):
-        fresh = render_block(match.group(2), readme.parent / match.group(3))
+        fresh = render_block(match.group(2), page.parent / match.group(3))
         if fresh != match.group(4):
             stale.append(f"{match.group(2)}: {match.group(3)}")
         return match.group(1) + fresh + match.group(5)
 
     new = BLOCK.sub(regenerate, text)
     if stale and not check_only:
-        readme.write_text(new)
+        page.write_text(new)
     return stale
 
 
 def main(argv) -> int:
     if argv[:1] in (["--update"], ["--check"]):
-        stale = update_readme(argv[1], check_only=argv[0] == "--check")
+        stale = update_page(argv[1] if len(argv) > 1 else PAGE, check_only=argv[0] == "--check")
         for block in stale:
             print(f"{'out of date' if argv[0] == '--check' else 'regenerated'}: {block}")
         return 1 if stale and argv[0] == "--check" else 0

@@ -1,7 +1,8 @@
 """Map-level shifted-window attention and the mask generator: refimpl.optimized against Swin's block code and
 torchvision's.
 
-"eager" is ``refimpl.eager.eager_shifted_window_attention`` around ``EagerWindowAttention``: the mask rebuilt on
+"eager" is ``refimpl.baselines.shifted_window.shifted_window_attention`` around ``EagerWindowAttention``: the mask
+rebuilt on
 every call from the 9-slice label loop, view/permute partition, snippet-style attention. "torchvision" is
 torchvision's ``ShiftedWindowAttention`` (pads, rolls, rebuilds the mask on every call, eager attention; skipped
 when not installed). "optimized" is ``refimpl.optimized.shifted_window_attention`` around ``WindowAttention``:
@@ -10,13 +11,23 @@ cached mask, cached combined bias, one SDPA call. Groups pair the variants of on
 
 import pytest
 import torch
+from _support import (
+    MODES,
+    denormal_setting,
+    random_window_attention,
+    record_rates,
+    settings,
+    skip_unless_installed,
+    sync,
+    timed_step,
+    window_attention_work,
+)
 
 from refimpl import strategies as rst
-from refimpl.eager import EagerWindowAttention, eager_shifted_window_attention, eager_shifted_window_mask
+from refimpl.baselines.shifted_window import shifted_window_attention as eager_shifted_window_attention
+from refimpl.baselines.shifted_window import shifted_window_mask as eager_shifted_window_mask
+from refimpl.baselines.window_attention import EagerWindowAttention
 from refimpl.optimized import WindowAttention, shifted_window_attention, shifted_window_mask
-
-from _support import (MODES, denormal_setting, random_window_attention, record_rates, settings,
-                      skip_unless_installed, sync, timed_step, window_attention_work)
 
 # name: (batch, H = W, dim, heads, window, shift)  -- Swin-T's shifted blocks at 224x224, batch 8
 MAPS = {
@@ -24,7 +35,8 @@ MAPS = {
     "map-swin-t-stage3-shift": (8, 14, 384, 12, 7, 3),
 }
 VARIANTS = ["optimized", "eager", "torchvision"]
-MASKS = {"optimized": shifted_window_mask, "eager": eager_shifted_window_mask}
+MASKS = {"optimized": shifted_window_mask,
+         "eager": lambda H, W, ws, s, fill, *, device, dtype: eager_shifted_window_mask(H, W, ws, s).to(device, dtype)}
 CASES = [
     pytest.param(workload, variant, device, dtype, denormals, mode,
                  id=f"{workload}-{variant}-{device}-{dtype}-{denormals}-{mode}")

@@ -1,7 +1,8 @@
 """FIERY's temporal model on FIERY's own configuration: refimpl's folded eval path against the FIERY layers.
 
 in_channels 70 (64 encoder + 6 ego-motion), receptive field 3, 200x200 BEV, start_out_channels 64, batch 1, T = 3
-(FIERY feeds exactly R frames and keeps the one present output). "eager" is ``refimpl.eager.EagerTemporalModel``:
+(FIERY feeds exactly R frames and keeps the one present output). "eager" is
+``refimpl.baselines.temporal_model.TemporalModel``:
 FIERY's modules run as FIERY runs them (every Conv3d, BatchNorm3d and ReLU separately). "optimized" is
 ``refimpl.optimized.TemporalModel`` in inference: BatchNorm folded, the path entries as one convolution, pooled
 branch aggregated before the upsample, channels_last_3d. "stream" is one ``TemporalModelStream.step`` on a warm
@@ -11,17 +12,16 @@ stream: the same present output from one new frame. Forward only, float32, under
 import numpy as np
 import pytest
 import torch
+from _support import DEVICES, denormal_setting, record_rates, settings, sync
 
 from refimpl import reference
 from refimpl import strategies as rst
-from refimpl.eager import EagerTemporalModel
+from refimpl.baselines.temporal_model import TemporalModel as FieryTemporalModel
 from refimpl.optimized import TemporalModel
-from refimpl.properties.temporal_model import state_tensors
-
-from _support import DEVICES, denormal_setting, record_rates, settings, sync
+from refimpl.suite.temporal_model import state_tensors
 
 FIERY = rst.TemporalModelConfig(in_channels=70, receptive_field=3, input_shape=(200, 200), start_out_channels=64)
-VARIANTS = {"optimized": TemporalModel, "eager": EagerTemporalModel, "stream": TemporalModel}
+VARIANTS = {"optimized": TemporalModel, "eager": FieryTemporalModel, "stream": TemporalModel}
 
 
 def _model(module_class, device):

@@ -2,7 +2,8 @@
 paths, side by side.
 
 Variants: "optimized" (``refimpl.optimized.WindowAttention``: cached combined mask, one SDPA call, oneDNN linears
-on CPU float32 inference), "eager" (``refimpl.eager.EagerWindowAttention``: bias gathered every call, 5-D mask
+on CPU float32 inference), "eager" (``refimpl.baselines.window_attention.EagerWindowAttention``: bias gathered every
+call, 5-D mask
 add, softmax, matmul), "timm" (timm's ``WindowAttention`` as timm runs it by default: the same eager math) and
 "timm-fused" (its SDPA path, ``fused_attn = True``, which builds the (B_, nH, N, N) mask on every call); the peers
 run spatial workloads only and are skipped when not installed. Each benchmark group is one workload x device x
@@ -12,14 +13,21 @@ Run: ``pytest benchmarks --benchmark-json=bench.json`` then ``python benchmarks/
 
 import pytest
 import torch
+from _support import (
+    MODES,
+    denormal_setting,
+    random_window_attention,
+    record_rates,
+    settings,
+    skip_unless_installed,
+    timed_step,
+    window_attention_work,
+)
 
 from refimpl import reference
 from refimpl import strategies as rst
-from refimpl.eager import EagerWindowAttention
+from refimpl.baselines.window_attention import EagerWindowAttention
 from refimpl.optimized import WindowAttention
-
-from _support import (MODES, denormal_setting, random_window_attention, record_rates, settings,
-                      skip_unless_installed, timed_step, window_attention_work)
 
 # name: (dim, heads, window, B_ rows, shifted map (H, W, shift) or None, temporal tokens or None)
 WORKLOADS = {

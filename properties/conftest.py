@@ -1,11 +1,9 @@
-"""pytest wiring: profiles, devices, dtypes and the implementation under test.
+"""pytest wiring: profiles, and the implementation under test of each kind.
 
-``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation
-(a class or factory with AIM's constructor); the default is ``refimpl.optimized:WindowAttention``.
-``--shifted-window-mask-impl MODULE:ATTR`` does the same for the mask generator
-(``(H, W, window_size, shift_size) -> (nW, N, N)``); the default is ``refimpl.optimized:shifted_window_mask``.
-``--temporal-model-impl MODULE:ATTR`` does the same for the temporal-model properties (FIERY's constructor);
-the default is ``refimpl.optimized:TemporalModel``.
+``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation (a class
+or factory with AIM's constructor); likewise ``--shifted-window-mask-impl`` (``(H, W, window_size, shift_size) ->
+(nW, N, N)``) and ``--temporal-model-impl`` (FIERY's constructor). Options and defaults come from the kinds
+registered in ``refimpl.suite`` (``Kind.default_target``: refimpl's own implementations).
 """
 
 import os
@@ -14,10 +12,14 @@ import pytest
 from hypothesis import settings
 
 import refimpl.profiles  # noqa: F401  (registers dev / ci / thorough)
-from refimpl.properties import Unsupported, load_implementation
+from refimpl.suite import KINDS, Unsupported, load_implementation
 
 if not os.environ.get("CI"):  # under CI=true Hypothesis loads "ci" itself; --hypothesis-profile overrides both
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def _option(kind: str) -> str:
+    return f"--{kind.replace('_', '-')}-impl"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -30,33 +32,25 @@ def pytest_pyfunc_call(pyfuncitem):
 
 
 def pytest_addoption(parser):
-    parser.addoption(
-        "--window-attention-impl",
-        default="refimpl.optimized:WindowAttention",
-        help="MODULE:ATTR of the window-attention implementation under test",
-    )
-    parser.addoption(
-        "--shifted-window-mask-impl",
-        default="refimpl.optimized:shifted_window_mask",
-        help="MODULE:ATTR of the shifted-window mask function under test",
-    )
-    parser.addoption(
-        "--temporal-model-impl",
-        default="refimpl.optimized:TemporalModel",
-        help="MODULE:ATTR of the temporal-model implementation under test (FIERY's constructor)",
-    )
+    for name, kind in KINDS.items():
+        parser.addoption(_option(name), default=kind.default_target,
+                         help=f"MODULE:ATTR of the {name} implementation under test ({kind.upstream}'s protocol)")
+
+
+def _impl(request, kind: str):
+    return load_implementation(kind, request.config.getoption(_option(kind)))
 
 
 @pytest.fixture(scope="session")
 def window_attention_impl(request):
-    return load_implementation("window_attention", request.config.getoption("--window-attention-impl"))
+    return _impl(request, "window_attention")
 
 
 @pytest.fixture(scope="session")
 def shifted_window_mask_impl(request):
-    return load_implementation("shifted_window_mask", request.config.getoption("--shifted-window-mask-impl"))
+    return _impl(request, "shifted_window_mask")
 
 
 @pytest.fixture(scope="session")
 def temporal_model_impl(request):
-    return load_implementation("temporal_model", request.config.getoption("--temporal-model-impl"))
+    return _impl(request, "temporal_model")

@@ -24,7 +24,8 @@ DEFAULTS = dict(dim=8, num_ttokens=3, window_size=(2, 2), num_heads=2)
 
 
 def _oracle_params(kwargs):
-    module = WindowAttention(**{**DEFAULTS, **kwargs}) if kwargs.get("dim", 8) % kwargs.get("num_heads", 2) == 0 else None
+    divisible = kwargs.get("dim", 8) % kwargs.get("num_heads", 2) == 0
+    module = WindowAttention(**{**DEFAULTS, **kwargs}) if divisible else None
     if module is None:  # the module refuses to be built; give the oracle well-formed params for dim 10
         c, nh = kwargs["dim"], kwargs["num_heads"]
         return {"qkv.weight": np.zeros((3 * c, c)), "proj.weight": np.zeros((c, c)), "proj.bias": np.zeros(c),
@@ -116,7 +117,7 @@ def test_every_shifted_window_function_refuses_bad_geometry(name):
         "optimized.shifted_window_attention": lambda: optimized.shifted_window_attention(
             torch.zeros(1, H, W, 4), WindowAttention(4, 1, 2, 2), window_size=ws, shift_size=s),
     }
-    for what, call in calls.items():
+    for call in calls.values():
         with pytest.raises(error, match=re.escape(words)):
             call()
 

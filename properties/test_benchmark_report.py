@@ -1,5 +1,5 @@
-"""The README's results are generated from the committed benchmark JSON (benchmarks/report.py), and the report's
-arithmetic (speed-ups, targets, cross-run comparison) is what it says."""
+"""docs/benchmarks.md's results are generated from the committed benchmark JSON (benchmarks/report.py), and the
+report's arithmetic (speed-ups, targets, cross-run comparison) is what it says."""
 
 import json
 from pathlib import Path
@@ -22,12 +22,23 @@ def _json(tmp_path, name, benchmarks, device="cpu"):
     return path
 
 
-def test_readme_results_are_the_committed_json_rendered():
-    text = (ROOT / "README.md").read_text()
-    blocks = report.BLOCK.findall(text)
-    assert len(blocks) >= 3, "the README's results section lost its generated blocks"
-    assert report.update_readme(ROOT / "README.md", check_only=True) == [], (
-        "README results differ from benchmarks/results/*.json: run python benchmarks/report.py --update README.md")
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def test_benchmark_page_results_are_the_committed_json_rendered():
+    assert report.PAGE == PAGE
+    blocks = report.BLOCK.findall(PAGE.read_text())
+    assert len(blocks) >= 3, "docs/benchmarks.md lost its generated blocks"
+    assert report.update_page(PAGE, check_only=True) == [], (
+        "docs/benchmarks.md differs from benchmarks/results/*.json: run "
+        "python benchmarks/report.py --update docs/benchmarks.md")
+    results = {path for _, _, path, _, _ in blocks}
+    committed = {f"../benchmarks/results/{p.name}" for p in (ROOT / "benchmarks" / "results").glob("*.json")}
+    assert committed <= results, f"committed results without a block in docs/benchmarks.md: {committed - results}"
+
+
+def test_the_readme_holds_no_benchmark_blocks():
+    assert not report.BLOCK.findall((ROOT / "README.md").read_text()), "benchmark results belong in docs/benchmarks.md"
 
 
 def test_table_speedups_and_targets(tmp_path):

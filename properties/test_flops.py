@@ -1,7 +1,11 @@
-"""FLOP formulas (``refimpl.reference``) against the work actually done, counted two independent ways:
+"""FLOP formulas (``refimpl.flops``) against the work actually done, counted two independent ways:
 ``torch.utils.flop_counter`` on the torch modules (2 FLOPs per MAC, CPU SDPA formula registered), and the
-multiply-accumulates the NumPy oracle performs (``reference.counting_macs``). Plus the formulas' structural laws
-and the published numbers."""
+multiply-accumulates of the contractions the NumPy oracle performs (``counting_einsum_macs`` below). Plus the
+formulas' structural laws and the published numbers."""
+
+import contextlib
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from refimpl import reference
+from refimpl import flops, reference
 from refimpl import strategies as rst
 from refimpl.counting import count_flops
 from refimpl.optimized import TemporalModel, WindowAttention
-from refimpl.properties.temporal_model import state_tensors
+from refimpl.suite.temporal_model import state_tensors
 
 RNG = np.random.default_rng(0)
 
@@ -26,10 +30,57 @@ def _window_attention(config):
     return module, params
 
 
+EINSUM = np.einsum
+
+
+@contextlib.contextmanager
+def counting_einsum_macs():
+    """Count the multiply-accumulates of the ``np.einsum`` contractions run inside the block::
+
+        with counting_einsum_macs() as tally:
+            reference.window_attention(x, params, num_heads=3, window_size=7)
+        tally.macs
+
+    A two-operand einsum does one multiply-add per combination of the values of all its indices (the product of
+    the index sizes); a one-operand einsum (a transpose) does none; any other form is refused rather than guessed.
+    The oracle writes its matmul-like work (the linears, ``q@k^T``, ``attn@v``, each offset of a convolution) as
+    two-operand einsums, and nothing that the published counts and ``torch.utils.flop_counter`` leave out
+    (softmax, norms, pooling, the bilinear resize) is one."""
+    tally = SimpleNamespace(macs=0)
+
+    def counted(spec, *operands, **kwargs):
+        if not isinstance(spec, str) or len(operands) > 2 or (len(operands) == 2 and "." in spec):
+            raise AssertionError(f"np.einsum({spec!r}, ...) with {len(operands)} operands: count it by hand")
+        if len(operands) == 2:
+            sizes = {}
+            for letters, operand in zip(spec.split("->")[0].split(","), operands, strict=True):
+                sizes.update(zip(letters, np.shape(operand), strict=True))
+            tally.macs += math.prod(sizes.values())
+        return EINSUM(spec, *operands, **kwargs)
+
+    np.einsum = counted  # the oracle looks ``np.einsum`` up at each call
+    try:
+        yield tally
+    finally:
+        np.einsum = EINSUM
+
+
 def _oracle_macs(fn, *args, **kwargs) -> int:
-    with reference.counting_macs() as tally:
+    with counting_einsum_macs() as tally:
         fn(*args, **kwargs)
     return tally.macs
+
+
+def test_counting_einsum_macs_counts_contractions_only():
+    """A matmul ``(2, 3) @ (3, 4)`` is 24 multiply-adds, a transpose none; other forms are refused; the patch is
+    undone on the way out."""
+    with counting_einsum_macs() as tally:
+        np.einsum("ij,jk->ik", np.ones((2, 3)), np.ones((3, 4)))
+        np.einsum("ij->ji", np.ones((2, 3)))
+    assert tally.macs == 24
+    with pytest.raises(AssertionError, match="count it by hand"), counting_einsum_macs():
+        np.einsum("ij,jk,kl->il", np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)))
+    assert np.einsum is EINSUM
 
 
 # ---- the counter workaround ----
@@ -54,7 +105,7 @@ def test_window_attention_work_equals_the_formulas(config, rows, temporal, maske
     """One forward on ``(B_, N, C)`` does ``B_ * swin_window_attention_macs(C, nH, N)`` MACs (qkv, q@k^T, attn@v,
     proj), of which the attention core is AIM's ``flops``: ``B_ * flops(N, 1)`` spatially (B_ windows, one
     frame each), ``flops(B_, T, temporal=True)`` temporally (B_ positions of T tokens). Counted by FlopCounterMode
-    on the optimized module and by the oracle's own tally; the module's ``flops`` is the reference formula."""
+    on the optimized module and by counting the oracle's einsum contractions; the module's ``flops`` is the formula."""
     temporal = temporal and config.use_temporal
     module, params = _window_attention(config)
     n = config.num_ttokens if temporal else config.window_tokens
@@ -68,15 +119,15 @@ def test_window_attention_work_equals_the_formulas(config, rows, temporal, maske
                                       None if mask is None else torch.as_tensor(mask, dtype=torch.float32), temporal)
     oracle = _oracle_macs(reference.window_attention, x, params, num_heads=config.num_heads,
                           window_size=config.window_size, mask=mask, temporal=temporal, qk_scale=config.qk_scale)
-    expected = rows * reference.swin_window_attention_macs(config.dim, config.num_heads, n)
-    assert counted == reference.macs_to_flops(expected), (counted, expected, per_op)
+    expected = rows * flops.swin_window_attention_macs(config.dim, config.num_heads, n)
+    assert counted == flops.macs_to_flops(expected), (counted, expected, per_op)
     assert oracle == expected
     if temporal:
         core = module.flops(rows, n, temporal=True)
     else:
         core = rows * module.flops(n, 1)
     assert core == expected - rows * 4 * n * config.dim**2  # minus qkv (3NC^2) and proj (NC^2) per row
-    assert module.flops(n, config.num_ttokens, temporal) == reference.window_attention_flops(
+    assert module.flops(n, config.num_ttokens, temporal) == flops.window_attention_flops(
         config.dim, config.num_heads, n, config.num_ttokens, temporal)
 
 
@@ -93,16 +144,16 @@ def test_temporal_model_work_equals_the_formula(case):
     module.load_state_dict(state_tensors(case.params, "cpu", torch.float32), strict=True)
     x = torch.as_tensor(case.x, dtype=torch.float32)
     sizes = dict(batch=case.batch, frames=case.frames, height=case.height, width=case.width)
-    expected = reference.temporal_model_macs(**config.kwargs(), **sizes)
+    expected = flops.temporal_model_macs(**config.kwargs(), **sizes)
     enough = case.batch * case.frames * case.height * case.width >= 2  # train-mode BatchNorm needs 2 values
     if enough:
         counted, per_op = count_flops(module.train(), x)
-        assert counted == reference.macs_to_flops(expected), (counted, expected, per_op)
+        assert counted == flops.macs_to_flops(expected), (counted, expected, per_op)
     assert _oracle_macs(reference.temporal_model, case.x, case.params, **config.kwargs()) == expected
     assert module.flops(case.frames, case.height, case.width, batch=case.batch) == expected
     with torch.no_grad():
         inference, _ = count_flops(module.eval(), x)
-    assert inference <= reference.macs_to_flops(expected)
+    assert inference <= flops.macs_to_flops(expected)
 
 
 def test_fiery_inference_does_about_half_of_fierys_work():
@@ -112,7 +163,7 @@ def test_fiery_inference_does_about_half_of_fierys_work():
     x = torch.randn(1, 3, 70, 8, 8)
     with torch.no_grad():
         inference, _ = count_flops(module, x)
-    fiery = reference.macs_to_flops(module.flops(3, 8, 8))
+    fiery = flops.macs_to_flops(module.flops(3, 8, 8))
     assert 0.4 < inference / fiery < 0.6, inference / fiery
 
 
@@ -164,25 +215,25 @@ def test_swin_model_terms_equal_a_skeletons_counted_work(config):
     """Every multiply-add term of ``swin_model_mac_terms`` (patch embed, attention with qkv and proj, MLP, patch
     merging, head) sums to the counted work of a Swin forward; ``norms`` and ``pooling`` are upstream's extra
     charges that no matmul counter sees."""
-    terms = reference.swin_model_mac_terms(**config, in_chans=3, mlp_ratio=4.0)
+    terms = flops.swin_model_mac_terms(**config, in_chans=3, mlp_ratio=4.0)
     matmul_terms = sum(v for k, v in terms.items() if k not in ("norms", "pooling"))
-    assert _swin_skeleton_flops(**config) == reference.macs_to_flops(matmul_terms)
+    assert _swin_skeleton_flops(**config) == flops.macs_to_flops(matmul_terms)
 
 
 def test_swin_t_is_the_published_4_5_gmacs():
     """Swin-T at 224x224: 4.5G "FLOPs" as published, which are MACs; without norms and pooling, 2x that is the
-    8.981 GFLOPs FlopCounterMode counts on torchvision's and timm's swin_t (notes/ecosystem.md)."""
-    terms = reference.swin_model_mac_terms()
-    assert round(reference.swin_model_macs() / 1e9, 1) == 4.5
+    8.981 GFLOPs FlopCounterMode counts on torchvision's and timm's swin_t (docs/flops.md)."""
+    terms = flops.swin_model_mac_terms()
+    assert round(flops.swin_model_macs() / 1e9, 1) == 4.5
     matmuls = sum(v for k, v in terms.items() if k not in ("norms", "pooling"))
-    assert round(reference.macs_to_flops(matmuls) / 1e9, 3) == 8.981
+    assert round(flops.macs_to_flops(matmuls) / 1e9, 3) == 8.981
 
 
 @pytest.mark.parametrize("name, published", [("swin-s", 8.7), ("swin-b", 15.4)])
 def test_swin_s_and_b_match_their_published_gmacs(name, published):
     from refimpl.flops_table import SWIN
 
-    assert round(reference.swin_model_macs(**SWIN[name]) / 1e9, 1) == published
+    assert round(flops.swin_model_macs(**SWIN[name]) / 1e9, 1) == published
 
 
 def test_refimpl_flops_prints_both_conventions(capsys):
@@ -191,7 +242,7 @@ def test_refimpl_flops_prints_both_conventions(capsys):
 
     assert main(["flops"]) == 0
     out = capsys.readouterr().out
-    swin_t = reference.swin_model_macs()  # 4.5 G as published (test above)
+    swin_t = flops.swin_model_macs()  # 4.5 G as published (test above)
     assert f"| swin-t 224x224: total (Swin's model.flops()) | {swin_t:,.0f} | {swin_t / 1e9:.3f} G | " \
            f"{2 * swin_t / 1e9:.3f} G |" in out
     assert "| aim-swin-t T=8: stage 1 block (56x56, C=96) | 274,563,072 |" in out
@@ -201,8 +252,9 @@ def test_refimpl_flops_prints_both_conventions(capsys):
 
 
 def test_aim_block_example_from_the_spec_is_a_float():
-    """spec.md §1.5: C=96, 56x56, ws 7, T=8 with temporal attention gives 274,563,072.0 (a float, as upstream)."""
-    total = reference.aim_block_attention_macs(96, 3, 56, 56, 7, 8, t_attn=True)
+    """AIM's block example (docs/flops.md): C=96, 56x56, ws 7, T=8 with temporal attention gives 274,563,072.0
+    (a float, as upstream)."""
+    total = flops.aim_block_attention_macs(96, 3, 56, 56, 7, 8, t_attn=True)
     assert isinstance(total, float) and total == 274_563_072.0
 
 
@@ -216,45 +268,45 @@ def test_aim_formula_laws(heads, head_dim, n, t, k):
     """Linear in frames, quadratic in tokens per window (spatial), linear in positions (temporal); the temporal
     term is spatial attention over windows of T tokens, one per position; MACs x 2 == FLOPs."""
     dim = heads * head_dim
-    spatial = reference.window_attention_flops(dim, heads, n, t)
-    temporal = reference.window_attention_flops(dim, heads, n, t, temporal=True)
-    assert reference.window_attention_flops(dim, heads, n, k * t) == k * spatial
-    assert spatial == n * n * reference.window_attention_flops(dim, heads, 1, t)
-    assert reference.window_attention_flops(dim, heads, k * n, t, temporal=True) == k * temporal
-    assert temporal == n * reference.window_attention_flops(dim, heads, t, 1)
-    assert reference.macs_to_flops(spatial) == 2 * spatial and reference.flops_to_macs(2 * spatial) == spatial
+    spatial = flops.window_attention_flops(dim, heads, n, t)
+    temporal = flops.window_attention_flops(dim, heads, n, t, temporal=True)
+    assert flops.window_attention_flops(dim, heads, n, k * t) == k * spatial
+    assert spatial == n * n * flops.window_attention_flops(dim, heads, 1, t)
+    assert flops.window_attention_flops(dim, heads, k * n, t, temporal=True) == k * temporal
+    assert temporal == n * flops.window_attention_flops(dim, heads, t, 1)
+    assert flops.macs_to_flops(spatial) == 2 * spatial and flops.flops_to_macs(2 * spatial) == spatial
 
 
 @given(heads=st.integers(1, 4), head_dim=st.integers(1, 4), ws=st.integers(1, 4), nh=st.integers(1, 4),
        nw=st.integers(1, 4), t=st.integers(1, 8), k=st.integers(2, 3))
 def test_aim_block_total_is_linear_in_the_number_of_windows(heads, head_dim, ws, nh, nw, t, k):
     dim = heads * head_dim
-    one = reference.aim_block_attention_macs(dim, heads, nh * ws, nw * ws, ws, t)
-    assert reference.aim_block_attention_macs(dim, heads, k * nh * ws, nw * ws, ws, t) == k * one
-    assert one == nh * nw * (reference.window_attention_flops(dim, heads, ws * ws, t, True)
-                             + reference.window_attention_flops(dim, heads, ws * ws, t))
+    one = flops.aim_block_attention_macs(dim, heads, nh * ws, nw * ws, ws, t)
+    assert flops.aim_block_attention_macs(dim, heads, k * nh * ws, nw * ws, ws, t) == k * one
+    assert one == nh * nw * (flops.window_attention_flops(dim, heads, ws * ws, t, True)
+                             + flops.window_attention_flops(dim, heads, ws * ws, t))
 
 
 @given(dim=st.integers(1, 40), heads=st.integers(1, 8), n=sizes, t=sizes)
 def test_upstream_formula_floors_and_the_reference_refuses(dim, heads, n, t):
     """Upstream floors ``dim // nH``: it equals the exact count when nH divides C and undercounts otherwise, where
     ``window_attention_flops`` raises instead."""
-    upstream = reference.window_attention_flops_upstream(dim, heads, n, t)
+    upstream = flops.window_attention_flops_upstream(dim, heads, n, t)
     if dim % heads == 0:
-        assert upstream == reference.window_attention_flops(dim, heads, n, t) == 2 * dim * n * n * t
+        assert upstream == flops.window_attention_flops(dim, heads, n, t) == 2 * dim * n * n * t
     else:
         assert upstream < 2 * dim * n * n * t
         with pytest.raises(ValueError, match=f"dim={dim} is not divisible by num_heads={heads}"):
-            reference.window_attention_flops(dim, heads, n, t)
+            flops.window_attention_flops(dim, heads, n, t)
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda: reference.window_attention_flops(0, 1, 4, 1), "dim"),
-    (lambda: reference.window_attention_flops(8, 2, -1, 1), "N"),
-    (lambda: reference.window_attention_flops(8, 2, 4, 0), "T"),
-    (lambda: reference.swin_window_attention_macs(10, 3, 4), "not divisible"),
-    (lambda: reference.aim_block_attention_macs(8, 2, 0, 4, 2, 1), "H"),
-    (lambda: reference.temporal_model_macs(4, 2, (2, 2), batch=1, frames=0, height=2, width=2), "frames"),
+    (lambda: flops.window_attention_flops(0, 1, 4, 1), "dim"),
+    (lambda: flops.window_attention_flops(8, 2, -1, 1), "N"),
+    (lambda: flops.window_attention_flops(8, 2, 4, 0), "T"),
+    (lambda: flops.swin_window_attention_macs(10, 3, 4), "not divisible"),
+    (lambda: flops.aim_block_attention_macs(8, 2, 0, 4, 2, 1), "H"),
+    (lambda: flops.temporal_model_macs(4, 2, (2, 2), batch=1, frames=0, height=2, width=2), "frames"),
 ])
 def test_formulas_refuse_non_positive_sizes(call, words):
     with pytest.raises(ValueError, match=words):

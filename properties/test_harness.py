@@ -9,7 +9,7 @@ import torch
 from refimpl.cli import main
 from refimpl.harness import ProtocolError, verify
 from refimpl.optimized import TemporalModel, WindowAttention
-from refimpl.properties import Implementation
+from refimpl.suite import Implementation
 
 
 class WrongConstructor(torch.nn.Module):
@@ -58,12 +58,13 @@ def test_the_command_exits_2_for_protocol_errors_and_bad_arguments(capsys):
 
 def test_declared_capabilities_become_skips_with_the_reason(tmp_path):
     impl = Implementation("window_attention", "test:SpatialFloat32Only", SpatialFloat32Only)
-    report = verify({"window_attention": impl}, devices=["cpu"], max_examples=5,
+    report = verify({"window_attention": impl}, devices=["cpu"], max_examples=20,
                     properties=("forward_matches_oracle", "temporal_attention_is_bidirectional_and_offset_biased"))
     status = {(o.property, o.dtype): (o.status, o.detail) for o in report.outcomes}
     assert status[("forward_matches_oracle", "float64")] == ("skipped", "the target declares dtypes ['float32']")
     assert status[("forward_matches_oracle", "float32")][0] == "passed"  # temporal cases skipped, the rest ran
-    assert "temporal" in status[("forward_matches_oracle", "float32")][1]
+    (run,) = [o for o in report.outcomes if o.property == "forward_matches_oracle" and o.dtype == "float32"]
+    assert "temporal" in run.missing_modes and "drawn cases skipped" in run.detail and "temporal" in run.detail
     assert status[("temporal_attention_is_bidirectional_and_offset_biased", "float64")][0] == "skipped"
     data = json.loads(report.json())
     assert data["counts"]["failed"] == 0 and data["counts"]["skipped"] >= 2
@@ -72,13 +73,14 @@ def test_declared_capabilities_become_skips_with_the_reason(tmp_path):
 
 
 def test_a_failure_report_names_the_case_the_location_and_a_replay_command():
-    from refimpl.mutants import MaskWindowMajor
+    from refimpl.mutants.window_attention import MaskWindowMajor
 
-    impl = Implementation("window_attention", "refimpl.mutants:MaskWindowMajor", MaskWindowMajor)
+    impl = Implementation("window_attention", "refimpl.mutants.window_attention:MaskWindowMajor", MaskWindowMajor)
     report = verify({"window_attention": impl}, devices=["cpu"], dtypes=("float64",), max_examples=50,
                     properties=("forward_matches_oracle",))
     (failure,) = report.failed
     assert "WindowAttentionCase(" in failure.detail and "max abs error" in failure.detail
     assert "largest output error at row" in failure.detail and "first diverging stage" in failure.detail
-    assert failure.replay.startswith("refimpl verify --target window_attention=refimpl.mutants:MaskWindowMajor")
+    target = "window_attention=refimpl.mutants.window_attention:MaskWindowMajor"
+    assert failure.replay.startswith(f"refimpl verify --target {target}")
     assert report.exit_code == 1

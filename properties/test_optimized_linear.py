@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from refimpl.optimized._linear import linear, onednn_linear_available
 from refimpl.tolerance import assert_close
@@ -18,7 +19,8 @@ def _derivatives(fn, x, w, b):
     y = fn(x, w, b)
     first = torch.autograd.grad((y * y).sum(), (x, w, b), create_graph=True)
     second = torch.autograd.grad(sum((g * g).sum() for g in first), (x, w, b))
-    return {"y": y, **{f"d{n}": g for n, g in zip("xwb", first)}, **{f"dd{n}": g for n, g in zip("xwb", second)}}
+    return {"y": y, **{f"d{n}": g for n, g in zip("xwb", first, strict=True)},
+            **{f"dd{n}": g for n, g in zip("xwb", second, strict=True)}}
 
 
 @given(rows=st.integers(1, 40), k=st.integers(1, 24), m=st.integers(1, 24), seed=st.integers(0, 2**16))

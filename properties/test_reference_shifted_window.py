@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from refimpl import reference
 from refimpl import strategies as rst
-from refimpl.properties.shifted_window import swin_allowed_pairs
+from refimpl.suite.shifted_window_mask import swin_allowed_pairs
 from refimpl.tolerance import assert_close, assert_vjp_matches_central_differences
 
 small_map_cases = rst.shifted_window_attention_cases(
@@ -47,7 +47,8 @@ def test_visibility_by_cut_lines_is_same_rolled_window_and_region(geometry):
 
 
 def test_mask_8x8_window_4_shift_2_matches_the_spec():
-    """spec.md §2.2: the four windows allow 256, 128, 128 and 64 pairs of 256; region ids run 0..8."""
+    """Swin's 8x8 example (docs/semantics.md): the four windows allow 256, 128, 128 and 64 pairs of 256; region
+    ids run 0..8."""
     mask = reference.shifted_window_mask(8, 8, 4, 2)
     np.testing.assert_array_equal((mask == 0).sum(axis=(1, 2)), [256, 128, 128, 64])
     assert set(np.unique(mask)) == {0.0, -100.0}
@@ -95,7 +96,8 @@ def test_map_vjp_matches_central_differences_of_the_per_token_oracle(case):
 
     def loss(inputs):
         params = {k: a for k, a in inputs.items() if k != "x"}
-        return float(np.sum(reference.shifted_window_attention_per_token(inputs["x"], params, **kwargs) * case.grad_out))
+        out = reference.shifted_window_attention_per_token(inputs["x"], params, **kwargs)
+        return float(np.sum(out * case.grad_out))
 
     assert_vjp_matches_central_differences(loss, case.oracle_vjp(), {"x": case.x, **case.params},
                                            np.random.default_rng(case.seed))

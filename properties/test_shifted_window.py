@@ -1,14 +1,27 @@
 """refimpl.optimized's window functions against the oracle: partition / reverse (exact: they are permutations),
-the mask in its three conventions, and the mask cache."""
+the mask in its three conventions, the mask cache, and the map-level function forward and backward."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from refimpl import optimized, reference
 from refimpl import strategies as rst
-from refimpl.properties import available_devices
+from refimpl.suite import DTYPES, Implementation, available_devices
+from refimpl.suite.window_attention import (
+    _modules,
+    assert_gradients_close,
+    gradients_of,
+    map_forward,
+    map_gradients,
+    rounded_map_case,
+    to_tensor,
+)
+from refimpl.tolerance import assert_close
+
+WINDOW_ATTENTION = Implementation("window_attention", "refimpl.optimized:WindowAttention", optimized.WindowAttention)
 
 devices = st.sampled_from(available_devices())
 
@@ -54,3 +67,34 @@ def test_repeated_map_level_calls_reuse_one_cached_bias():
         first = optimized.shifted_window_attention(x, module, window_size=2, shift_size=1)
         second = optimized.shifted_window_attention(x, module, window_size=2, shift_size=1)
     assert torch.equal(first, second) and len(module._bias_cache) == 1
+
+
+# ---- refimpl's optimized map function on its own (the registered map-level properties drive every target through
+# Swin's block code instead, so that a bug here cannot fail a user's module) ----
+
+HIGH = [pytest.param(d, id=d) for d in ("float64", "float32")]
+
+
+def _optimized_map(module, case, device, dtype, x):
+    g = case.geometry
+    return optimized.shifted_window_attention(x, module, window_size=g.window_size, shift_size=g.shift_size,
+                                              fill=case.fill)
+
+
+@pytest.mark.parametrize("dtype", HIGH)
+@given(case=rst.shifted_window_attention_cases(), device=devices)
+def test_optimized_map_function_matches_the_oracle_forward_and_gradients(dtype, case, device):
+    """refimpl.optimized.shifted_window_attention around refimpl's module: output and gradients (x and every
+    parameter) equal the oracle's, with Swin's block code around the same module as the tolerance baseline."""
+    torch_dtype = DTYPES[dtype]
+    case = rounded_map_case(case, torch_dtype)
+    module, eager = _modules(WINDOW_ATTENTION, case, device, torch_dtype, train=True)
+    x = to_tensor(case.x, device, torch_dtype)
+    with torch.no_grad():
+        actual = _optimized_map(module, case, device, torch_dtype, x)
+    assert_close(actual, case.oracle_output(), baseline=map_forward(eager, case, device, torch_dtype),
+                 dtype=torch_dtype, what="optimized map-level output")
+    grads = gradients_of(module, lambda t: _optimized_map(module, case, device, torch_dtype, t), case, device,
+                         torch_dtype)
+    assert_gradients_close(grads, case.oracle_vjp(), baseline=map_gradients(eager, case, device, torch_dtype),
+                           magnitudes=case.oracle_vjp_magnitudes(), dtype=torch_dtype, what="optimized map-level grad")

@@ -4,8 +4,8 @@ and against the oracle itself (its definition must satisfy the closed-form count
 import pytest
 
 from refimpl import reference
-from refimpl.properties import Implementation, properties_for, run_property
-from refimpl.properties.shifted_window import MASK_KIND
+from refimpl.suite import Implementation, properties_for, run_property
+from refimpl.suite.shifted_window_mask import MASK_KIND
 
 PROPERTIES = [pytest.param(prop, id=prop.name) for prop in properties_for(MASK_KIND)]
 ORACLE = Implementation(MASK_KIND, "refimpl.reference:shifted_window_mask", reference.shifted_window_mask)

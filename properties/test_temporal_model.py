@@ -2,10 +2,11 @@
 
 import pytest
 
-from refimpl.properties import properties_for, property_grid, run_property
-from refimpl.properties.temporal_model import EAGER, KIND
+from refimpl.suite import properties_for, property_grid, run_property
+from refimpl.suite.temporal_model import EAGER, KIND
 
-CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}") for prop, device, dtype in property_grid(KIND)]
+CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}")
+         for prop, device, dtype in property_grid(KIND)]
 
 
 @pytest.mark.parametrize("prop, device, dtype", CASES)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from refimpl.counting import FUSED_CPU_SDPA_OP, dispatched_ops
-from refimpl.properties import Unsupported
-from refimpl.properties._core import missing_kernels
+from refimpl.suite import Unsupported
+from refimpl.suite._core import missing_kernels
 
 FIRST_WITH = {
     "float16 kernels on CPU": (2, 2),
@@ -175,7 +175,7 @@ def test_float16_kernels_on_cpu():
     """Torch 2.1 has no CPU float16 kernels for matmul, softmax or convolution ("not implemented for 'Half'"), so
     ``run_property`` reports the float16 properties as unsupported there (a skip with that reason) before running
     any example; from 2.2 they run. bfloat16 runs on every version."""
-    from refimpl.properties import load_implementation, properties_for, run_property
+    from refimpl.suite import load_implementation, properties_for, run_property
 
     missing = missing_kernels("cpu", "float16")
     assert missing_kernels("cpu", "bfloat16") is None

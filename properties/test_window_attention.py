@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from refimpl.counting import FUSED_CPU_SDPA_OP, ONEDNN_LINEAR_OP, dispatched_ops
 from refimpl.optimized import WindowAttention
 from refimpl.optimized._linear import onednn_linear_available
-from refimpl.properties import properties_for, property_grid, run_property
-from refimpl.properties._core import cpu_threads
-from refimpl.properties.window_attention import EAGER, KIND
+from refimpl.suite import properties_for, property_grid, run_property
+from refimpl.suite._core import cpu_threads
+from refimpl.suite.window_attention import EAGER, KIND
 
-CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}") for prop, device, dtype in property_grid(KIND)]
+CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}")
+         for prop, device, dtype in property_grid(KIND)]
 
 
 @pytest.mark.parametrize("prop, device, dtype", CASES)
@@ -45,7 +46,8 @@ def _module_inputs():
 
 def _cpu_sdpa_fuses_a_4d_additive_mask() -> bool:
     q = torch.zeros(1, 1, 2, 2)
-    return FUSED_CPU_SDPA_OP in dispatched_ops(F.scaled_dot_product_attention, q, q, q, attn_mask=torch.zeros(1, 1, 2, 2))
+    ops = dispatched_ops(F.scaled_dot_product_attention, q, q, q, attn_mask=torch.zeros(1, 1, 2, 2))
+    return FUSED_CPU_SDPA_OP in ops
 
 
 @pytest.mark.parametrize("call", ["spatial", "spatial-masked", "temporal"])
@@ -69,7 +71,8 @@ def test_optimized_linears_run_onednn_for_cpu_float32_only(dtype):
     forward and backward (the input gradients; the weight gradients are ``mm``); other dtypes keep ``addmm``. (The
     oracle properties compare every route's outputs and gradients.)"""
     if not onednn_linear_available():
-        pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (no register_flop_formula before torch 2.2, or oneDNN disabled)")
+        pytest.skip(f"torch {torch.__version__}: the oneDNN linear route is off (no register_flop_formula before "
+                    "torch 2.2, or oneDNN disabled)")
     module, x, mask = _module_inputs()
     module, x, mask = module.to(dtype), x.to(dtype), mask.to(dtype)
     with torch.no_grad():

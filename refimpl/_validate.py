@@ -8,7 +8,8 @@ that they serve NumPy arrays and torch tensors alike; nothing here imports torch
 from __future__ import annotations
 
 import numbers
-from typing import Mapping
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -160,12 +161,23 @@ def non_negative_int(name: str, value) -> int:
     return int(value)
 
 
+class TemporalModelSizes(NamedTuple):
+    """FIERY ``TemporalModel`` constructor sizes, checked (the constructor's own argument names)."""
+
+    in_channels: int
+    receptive_field: int
+    input_shape: tuple[int, int]
+    start_out_channels: int
+    extra_in_channels: int
+    n_spatial_layers_between_temporal_layers: int
+
+
 def temporal_model_config(
     in_channels, receptive_field, input_shape, start_out_channels, extra_in_channels,
     n_spatial_layers_between_temporal_layers,
-) -> tuple[int, int, tuple[int, int], int, int, int]:
+) -> TemporalModelSizes:
     """FIERY ``TemporalModel`` constructor sizes, checked; see ``temporal_model_layers`` for the channel floors."""
-    return (
+    return TemporalModelSizes(
         positive_int("in_channels", in_channels),
         positive_int("receptive_field", receptive_field),
         window_pair("input_shape", input_shape),
@@ -173,38 +185,6 @@ def temporal_model_config(
         non_negative_int("extra_in_channels", extra_in_channels),
         non_negative_int("n_spatial_layers_between_temporal_layers", n_spatial_layers_between_temporal_layers),
     )
-
-
-def temporal_model_layers(
-    in_channels: int, receptive_field: int, start_out_channels: int, extra_in_channels: int,
-    n_spatial_layers_between_temporal_layers: int, use_pyramid_pooling: bool,
-) -> list[tuple[str, int, int]]:
-    """FIERY's layer list: ``("temporal", in, out)`` and ``("spatial", c, c)`` entries in ``model.<k>`` order.
-
-    Raises ``ValueError`` for a width that would give upstream a zero-channel convolution: a TemporalBlock input
-    below 3 with pyramid pooling (``in // 3 == 0`` pooled channels) or below 2 without (``in // 2 == 0`` per path),
-    a Bottleneck3D width below 2 (``c // 2 == 0`` bottleneck channels)."""
-    layers = []
-    block_in, block_out = in_channels, start_out_channels
-    least = 3 if use_pyramid_pooling else 2
-    for _ in range(receptive_field - 1):
-        if block_in < least:
-            name = "in_channels" if block_in == in_channels and not layers else "start_out_channels"
-            raise ValueError(
-                f"a TemporalBlock input of {block_in} channels ({name}) is too narrow: it needs >= {least} "
-                f"(in // 2 channels per path{' and in // 3 pooled channels' if use_pyramid_pooling else ''}; "
-                f"upstream fails with a zero-channel convolution)"
-            )
-        layers.append(("temporal", block_in, block_out))
-        for _ in range(n_spatial_layers_between_temporal_layers):
-            if block_out < 2:
-                raise ValueError(
-                    f"a Bottleneck3D of {block_out} channels (start_out_channels) is too narrow: it needs >= 2 "
-                    f"(c // 2 bottleneck channels)"
-                )
-            layers.append(("spatial", block_out, block_out))
-        block_in, block_out = block_out, block_out + extra_in_channels
-    return layers
 
 
 def temporal_model_input(
@@ -216,7 +196,8 @@ def temporal_model_input(
         raise ValueError(f"{name} must be 5-D (B, T, C, H, W), got shape {shape}")
     b, t, c, h, w = shape
     if c != in_channels:
-        raise ValueError(f"{name} has C={c} channels (shape {shape}), but the model was built with in_channels={in_channels}")
+        raise ValueError(f"{name} has C={c} channels (shape {shape}), but the model was built with "
+                         f"in_channels={in_channels}")
     if min(b, t, h, w) < 1:
         raise ValueError(f"{name} must have B, T, H, W >= 1, got shape {shape}")
     if use_pyramid_pooling and receptive_field >= 2:

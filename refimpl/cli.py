@@ -85,6 +85,8 @@ def verify(argv: list[str]) -> int:
                             log=lambda line: print(line, flush=True))
     except (ProtocolError, ValueError) as exc:
         return _fail(str(exc))
+    for line in report.extension_lines():
+        print(line)
     counts = report.counts()
     print(f"refimpl verify: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     if args.report:

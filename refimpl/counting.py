@@ -1,15 +1,15 @@
-"""Counting the work torch actually does, to cross-check the analytic formulas of ``refimpl.reference``.
+"""Counting the work torch actually does, to cross-check the analytic formulas of ``refimpl.flops``.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of every matmul and
 convolution (padding charged like real input, biases and elementwise work not counted). On CPU, torch 2.3 and
 later run ``F.scaled_dot_product_attention`` as ``aten._scaled_dot_product_flash_attention_for_cpu``, which has
-no formula, so the counter silently counts the attention core as 0 (``notes/ecosystem.md``). ``count_flops``
+no formula, so the counter silently counts the attention core as 0. ``count_flops``
 registers the formula the counter already uses for the CUDA flash op on that CPU op first, once. Before 2.3 there
 is no such op (and before 2.2 no ``register_flop_formula``), and nothing is needed: CPU SDPA runs the flash op the
 counter knows (no mask) or decomposes into ``bmm`` (with a mask), so the counter is right as it is
 (docs/torch-versions.md). The same holds for oneDNN's linear (``mkldnn._linear_pointwise``), which refimpl's
-optimized modules run for CPU float32 where this registration is possible (``refimpl.optimized._linear``): ``count_flops``
-registers ``2 * rows * in * out``, the counter's ``addmm`` formula.
+optimized modules run for CPU float32 where this registration is possible (``refimpl.optimized._linear``):
+``count_flops`` registers ``2 * rows * in * out``, the counter's ``addmm`` formula.
 """
 
 from __future__ import annotations

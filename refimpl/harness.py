@@ -6,8 +6,14 @@
 
 Each target is first checked against the upstream protocol (constructor, state-dict keys, output shape): a target
 that does not follow it raises ``ProtocolError`` (exit status 2) before any property runs. Then every registered
-property of its kind runs on every requested device and dtype the property applies to; what the target declares
-it does not support (``refimpl_capabilities``) is a skip with the reason.
+property of its kind runs on every requested device and dtype the property applies to.
+
+A target without declarations is checked on its kind's upstream protocol only (for window attention: AIM's
+additive masks, temporal mode, qk_scale, train mode, autograd). What refimpl defines beyond upstream (boolean
+masks, rows with no allowed key, streaming) is an extension the target opts into with ``refimpl_capabilities =
+{"extensions": [...]}``; the report lists, per target, the extensions that were not checked and that line. What
+a target declares it lacks (``refimpl_capabilities = {"modes": [...]}``, ``"dtypes"``, ``"devices"``) is a skip
+with the reason.
 """
 
 from __future__ import annotations
@@ -17,25 +23,28 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import hypothesis
 import torch
 
 import refimpl.profiles  # noqa: F401  (registers the ci profile the harness runs under)
-from refimpl.properties import (DTYPES, Capabilities, Implementation, Unsupported, available_devices,
-                                load_implementation, property_grid, run_property)
+from refimpl.suite import (
+    DTYPES,
+    Implementation,
+    Unsupported,
+    available_devices,
+    load_implementation,
+    property_grid,
+    run_property,
+)
+from refimpl.suite._core import KINDS, kind_modes, opt_in_line
+from refimpl.suite._protocol import ProtocolError
 
-DEFAULT_TARGETS = {
-    "window_attention": "refimpl.optimized:WindowAttention",
-    "shifted_window_mask": "refimpl.optimized:shifted_window_mask",
-    "temporal_model": "refimpl.optimized:TemporalModel",
-}
+DEFAULT_TARGETS = {name: kind.default_target for name, kind in KINDS.items()}
 
 
-class ProtocolError(Exception):
-    """The target cannot be imported or built, or does not follow the upstream protocol (exit status 2)."""
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Outcome:
     replay: str = ""
     examples: int = 0  # drawn cases checked (a target's undeclared modes skip the rest)
     examples_skipped: int = 0
+    missing_modes: list = field(default_factory=list)  # modes whose absence skipped the property or some cases
 
 
 @dataclass
@@ -71,101 +81,51 @@ class Report:
     def counts(self) -> dict[str, int]:
         return {s: sum(o.status == s for o in self.outcomes) for s in ("passed", "failed", "skipped")}
 
+    def unchecked_extensions(self) -> dict[tuple[str, str], dict[str, list[str]]]:
+        """Per ``(kind, target)``, the extensions it did not opt into, each with the properties that skipped all
+        or some of their cases for it."""
+        unchecked: dict = {}
+        for o in self.outcomes:
+            for mode in o.missing_modes:
+                if mode in kind_modes(o.kind).extensions:
+                    props = unchecked.setdefault((o.kind, o.target), {}).setdefault(mode, [])
+                    if o.property not in props:
+                        props.append(o.property)
+        return unchecked
+
+    def extension_lines(self) -> list[str]:
+        """What the report says about extensions that were not checked, and the line that opts into them."""
+        lines = []
+        for (kind, target), extensions in self.unchecked_extensions().items():
+            lines.append(f"{kind} target {target}: extensions not checked (the target did not opt in):")
+            for mode, props in extensions.items():
+                lines.append(f"- {mode}: {kind_modes(kind).mode(mode).meaning} ({len(props)} properties: "
+                             f"{', '.join(props)})")
+            lines.append(f"  to opt in, add to the class or factory: {opt_in_line(extensions)}")
+        return lines
+
     def json(self) -> str:
         return json.dumps({"targets": self.targets, "torch": torch.__version__, "max_examples": self.max_examples,
                            "seed": self.seed, "counts": self.counts(),
+                           "unchecked_extensions": {f"{k}={t}": e for (k, t), e in self.unchecked_extensions().items()},
                            "outcomes": [asdict(o) for o in self.outcomes]}, indent=2)
 
     def markdown(self) -> str:
-        """One row per property x device x dtype: passed / failed (first line of the reason) / skipped (why)."""
+        """One row per property x device x dtype: passed / failed (first line of the reason) / skipped (why);
+        then the extensions each target did not opt into."""
         lines = ["| kind | property | device | dtype | result |", "|---|---|---|---|---|"]
         for o in self.outcomes:
             why = f": {o.detail.splitlines()[0]}" if o.status != "passed" and o.detail else ""
             lines.append(f"| {o.kind} | {o.property} | {o.device} | {o.dtype} | {o.status}{why} |")
+        extensions = self.extension_lines()
+        if extensions:
+            lines += [""] + extensions
         return "\n".join(lines) + "\n"
-
-
-# ---- the protocol each kind must follow, checked once before the properties ----
-
-
-def _protocol_window_attention(factory) -> None:
-    modes = Capabilities.declared_by(factory).modes
-    kwargs = dict(dim=8, num_ttokens=3, window_size=(2, 2), num_heads=2)
-    module = _build(factory, kwargs, "AIM's WindowAttention(dim, num_ttokens, window_size, num_heads, ...)")
-    keys = dict(module.state_dict())
-    expected = {"qkv.weight": (24, 8), "proj.weight": (8, 8), "proj.bias": (8,), "relative_position_bias_table": (9, 2)}
-    if "temporal" in modes:  # a target that declares no temporal mode need not have the temporal table
-        expected["temporal_position_bias_table"] = (5, 2)
-    _check_keys(keys, expected, "AIM")
-    x = torch.zeros(4, 4, 8)
-    calls = [(x,)] + [(x, torch.zeros(2, 4, 4))] * ("masks" in modes) + [(torch.zeros(4, 3, 8), None, True)] * (
-        "temporal" in modes)
-    for args in calls:
-        out = _call(module, args, "forward(x, mask=None, temporal=False)")
-        if tuple(out.shape) != tuple(args[0].shape):
-            raise ProtocolError(f"forward on x {tuple(args[0].shape)} returned shape {tuple(out.shape)}; expected "
-                                f"x's shape (B_, N, C)")
-
-
-def _protocol_temporal_model(factory) -> None:
-    from refimpl.reference import temporal_model_state_shapes
-
-    kwargs = dict(in_channels=4, receptive_field=3, input_shape=(2, 2), start_out_channels=6, extra_in_channels=1)
-    module = _build(factory, kwargs, "FIERY's TemporalModel(in_channels, receptive_field, input_shape, ...)")
-    _check_keys(dict(module.state_dict()), temporal_model_state_shapes(**kwargs), "FIERY", exact=True)
-    out = _call(module.eval(), (torch.zeros(1, 4, 4, 2, 2),), "forward(x)")
-    if tuple(out.shape) != (1, 2, 7, 2, 2):
-        raise ProtocolError(f"forward on x (1, 4, 4, 2, 2) (B, T, C, H, W) with R=3 returned shape "
-                            f"{tuple(out.shape)}; expected (B, T-R+1, out_channels, H, W) = (1, 2, 7, 2, 2)")
-
-
-def _protocol_shifted_window_mask(factory) -> None:
-    out = _call(factory, (4, 4, 2, 1), "mask(H, W, window_size, shift_size)")
-    if tuple(getattr(out, "shape", ())) != (4, 4, 4):
-        raise ProtocolError(f"mask(4, 4, 2, 1) returned shape {tuple(getattr(out, 'shape', ()))}; expected "
-                            f"(nW, N, N) = (4, 4, 4)")
-
-
-PROTOCOLS: dict[str, Callable] = {
-    "window_attention": _protocol_window_attention,
-    "temporal_model": _protocol_temporal_model,
-    "shifted_window_mask": _protocol_shifted_window_mask,
-}
-
-
-def _build(factory, kwargs, signature):
-    try:
-        module = factory(**kwargs)
-    except Exception as exc:
-        raise ProtocolError(f"constructing it with {kwargs} failed: {type(exc).__name__}: {exc} "
-                            f"(expected the constructor {signature})") from None
-    if not isinstance(module, torch.nn.Module):
-        raise ProtocolError(f"it built a {type(module).__name__}, not a torch.nn.Module")
-    return module
-
-
-def _call(fn, args, signature):
-    try:
-        with torch.no_grad():
-            return fn(*args)
-    except Exception as exc:
-        raise ProtocolError(f"{signature} failed: {type(exc).__name__}: {exc}") from None
-
-
-def _check_keys(got: dict, expected: dict, upstream: str, exact: bool = False) -> None:
-    missing = sorted(set(expected) - set(got))
-    if missing:
-        raise ProtocolError(f"its state dict lacks {upstream}'s keys {missing}")
-    if exact and set(got) != set(expected):
-        raise ProtocolError(f"its state dict has keys {upstream}'s has not: {sorted(set(got) - set(expected))}")
-    wrong = {k: (tuple(got[k].shape), shape) for k, shape in expected.items() if tuple(got[k].shape) != tuple(shape)}
-    if wrong:
-        raise ProtocolError(f"state-dict shapes differ from {upstream}'s (got, expected): {wrong}")
 
 
 def check_protocol(impl) -> None:
     """Raise ``ProtocolError`` saying what is wrong unless ``impl`` follows its kind's upstream protocol."""
-    PROTOCOLS[impl.kind](impl.factory)
+    KINDS[impl.kind].protocol(impl.factory)
 
 
 # ---- running ----
@@ -226,19 +186,21 @@ def _run_one(prop, impl, device, dtype, run_settings, seed) -> Outcome:
                          "--device", device, "--dtype", dtype, "--max-examples", str(run_settings.max_examples)]
                         + ([] if seed is None else ["--seed", str(seed)]))
     start = time.perf_counter()
-    examples = {"run": 0, "skipped": 0}
+    examples = {"run": 0, "skipped": 0, "missing_modes": ()}
     try:
         examples = run_property(prop, impl, device, dtype, settings=run_settings, seed=seed)
         status, detail = "passed", ""
         if examples["skipped"]:
-            detail = f"{examples['skipped']} drawn cases skipped: {'; '.join(sorted(examples['why_skipped']))}"
+            detail = (f"{examples['skipped']} drawn cases skipped and drawn again (not counted in the "
+                      f"{examples['run']} checked): {examples['why_skipped']}")
     except Unsupported as exc:  # a capability the target does not have: a skip with its reason
         status, detail = "skipped", str(exc)
+        examples = {**examples, "missing_modes": exc.modes}
     except Exception as exc:  # any failure of the target is a verdict, reported in full
         notes = "\n".join(getattr(exc, "__notes__", []))
         status, detail = "failed", f"{type(exc).__name__}: {exc}\n{notes}".strip()
     return Outcome(impl.kind, impl.name, prop.name, device, dtype, status, round(time.perf_counter() - start, 3),
-                   detail, replay, examples["run"], examples["skipped"])
+                   detail, replay, examples["run"], examples["skipped"], sorted(examples["missing_modes"]))
 
 
 def _log_outcome(log, o: Outcome) -> None:

@@ -1,37 +1,114 @@
-"""Peers under the harness: timm's and torchvision's Swin window attention behind AIM's protocol.
+"""Peers under the harness: third-party Swin window attention behind AIM's protocol.
 
     refimpl verify --target window_attention=refimpl.peers:TimmWindowAttention
     refimpl verify --target window_attention=refimpl.peers:TorchvisionWindowAttention
+    refimpl verify --target window_attention=refimpl.peers:HFSwinAttentionEager     (transformers 5.x SwinAttention)
+    refimpl verify --target window_attention=refimpl.peers:HFSwinAttentionSdpa
+    refimpl verify --target window_attention=refimpl.peers:HFDonutSwinAttention     (transformers' 4.x-style layout)
+    refimpl verify --target window_attention=refimpl.peers:MMPretrainWindowMSA
+    refimpl verify --target window_attention=refimpl.peers:MMAction2WindowAttention3D
 
-Their constructors and forwards differ from AIM's; the adapters translate them and declare what each lacks
-(``refimpl_capabilities``), so those properties are reported as skips, not failures. Install the peers only with
-torch pinned (``pip install -c constraints.txt torchvision timm``, constraints.txt = ``torch==<your version>``;
-an unpinned install replaces torch). On a CPU-only torch build, torchvision's CUDA-linked extension does not load
-and ``import torchvision`` fails on its fake-op registrations; ``_import_torchvision`` defines the two operator
-schemas it expects first (its C ops stay unusable; the Swin code is pure PyTorch).
+Their constructors, state dicts and forwards differ from AIM's; the adapters translate them and declare what each
+lacks (``refimpl_capabilities``), so those properties are reported as skips, not failures. Every adapter computes
+with the peer's own code: timm's, torchvision's and the mm* modules are subclassed; transformers' modules name their
+parameters differently, so the adapter owns AIM's parameters and runs the peer's real forward through
+``torch.func.functional_call`` with the peer's names bound to views of AIM's (``q_proj.weight = qkv.weight[:C]``),
+so that gradients, optimizer steps, in-place edits and ``.data`` swaps reach the peer. The index buffer each adapter
+exposes as ``relative_position_index`` is the one the peer built itself.
+
+Install the peers only with torch pinned (``pip install -c constraints.txt torchvision timm transformers ...``,
+constraints.txt = ``torch==<your version>``; an unpinned install replaces torch). On a CPU-only torch build,
+torchvision's CUDA-linked extension does not load and ``import torchvision`` fails on its fake-op registrations;
+``_import_torchvision`` defines the two operator schemas it expects first (its C ops stay unusable; the Swin code is
+pure PyTorch). transformers and mmpretrain import torchvision when it is installed, so they get the shim too.
+
+``python -m refimpl.peers verify`` writes ``docs/peer-NAME.json`` for every installed peer and ``python -m
+refimpl.peers markdown docs/peers.md`` renders their verdicts into the table of docs/peers.md.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
+import json
+import os
+import re
 import sys
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-__all__ = ["TimmWindowAttention", "TorchvisionWindowAttention", "not_installed"]
+# the adapters, built on first access (the module's __getattr__): each peer is an optional dependency
+_LAZY = ("TimmWindowAttention", "TorchvisionWindowAttention", "HFSwinAttentionEager", "HFSwinAttentionSdpa",
+         "HFSwinAttentionEagerAllDtypes", "HFDonutSwinAttention", "MMPretrainWindowMSA", "MMAction2WindowAttention3D")
+__all__ = ["ADAPTERS", "RECORDS", "not_installed", "render_table", "update_markdown", "write_reports"]
+__all__ += _LAZY
 
 _SHIM = []  # keeps the torch.library.Library alive
-_REQUIRES = {"timm": ("timm", "torchvision"), "torchvision": ("torchvision",)}  # timm imports torchvision
+
+# peer -> the top-level modules it imports (timm and mmpretrain import torchvision; mmaction2's Swin imports einops)
+_REQUIRES = {
+    "timm": ("timm", "torchvision"),
+    "torchvision": ("torchvision",),
+    "transformers": ("transformers",),
+    "mmpretrain": ("mmpretrain", "mmengine", "mmcv", "torchvision"),
+    "mmaction2": ("mmaction", "mmengine", "mmcv", "einops"),
+}
+# peer -> what to pip install for it (with torch pinned); the versions tox -e peers installs
+_PIP = {
+    "timm": "timm==1.0.31 torchvision==0.28.0",
+    "torchvision": "torchvision==0.28.0",
+    "transformers": "transformers==5.24.0",
+    "mmpretrain": "mmpretrain==1.2.0 mmengine mmcv-lite==2.1.0 torchvision==0.28.0",
+    "mmaction2": "mmaction2==1.2.0 mmengine mmcv-lite==2.1.0",
+}
+# the distributions whose versions a report records, per peer
+_DISTRIBUTIONS = {"timm": ("timm",), "torchvision": ("torchvision",), "transformers": ("transformers",),
+                  "mmpretrain": ("mmpretrain", "mmcv-lite"), "mmaction2": ("mmaction2", "mmcv-lite")}
+
+# report name (docs/peer-NAME.json) -> (peer, adapter attribute of this module): each passes every property it
+# declares (properties/test_peers.py)
+ADAPTERS = {
+    "timm": ("timm", "TimmWindowAttention"),
+    "torchvision": ("torchvision", "TorchvisionWindowAttention"),
+    "transformers-eager": ("transformers", "HFSwinAttentionEager"),
+    "transformers-sdpa": ("transformers", "HFSwinAttentionSdpa"),
+    "transformers-donut": ("transformers", "HFDonutSwinAttention"),
+    "mmpretrain": ("mmpretrain", "MMPretrainWindowMSA"),
+    "mmaction2": ("mmaction2", "MMAction2WindowAttention3D"),
+}
+# reports kept as the record of a peer's real difference, next to the adapter that declares it away: the peer name
+# it sits after in the docs table, (peer, adapter attribute)
+RECORDS = {"transformers-eager-all-dtypes": ("transformers-eager", ("transformers", "HFSwinAttentionEagerAllDtypes"))}
+
+
+def _reports() -> dict[str, tuple[str, str]]:
+    """Every report name -> (peer, adapter attribute), in the order of the docs table."""
+    ordered = {}
+    for name, entry in ADAPTERS.items():
+        ordered[name] = entry
+        ordered.update({record: e for record, (after, e) in RECORDS.items() if after == name})
+    return ordered
 
 
 def not_installed(peer: str) -> str | None:
-    """Why ``peer`` ("timm" or "torchvision") cannot be used here, or None when everything it imports is installed."""
+    """Why ``peer`` (a key of ``_REQUIRES``, or a report name of ``ADAPTERS``) cannot be used here, or None when
+    everything it imports is installed."""
+    peer = _reports()[peer][0] if peer in _reports() else peer
     missing = [package for package in _REQUIRES[peer] if importlib.util.find_spec(package) is None]
     if not missing:
         return None
     return (f"not installed: {', '.join(missing)} (the {peer} peer imports {', '.join(_REQUIRES[peer])}; tox -e peers "
-            "installs them with torch pinned, or pip install -c constraints.txt timm torchvision with "
+            f"installs them with torch pinned, or pip install -c constraints.txt {_PIP[peer]} with "
             "constraints.txt = torch==<your version>)")
+
+
+def _require(peer: str) -> None:
+    reason = not_installed(peer)
+    if reason:
+        raise ImportError(f"refimpl.peers: the {peer} peer is {reason}")
 
 
 def _import_torchvision():
@@ -48,7 +125,29 @@ def _import_torchvision():
     return torchvision
 
 
+def _shim_torchvision_if_installed() -> None:
+    """transformers imports torchvision whenever it is installed (not otherwise): shim it first."""
+    if importlib.util.find_spec("torchvision") is not None:
+        _import_torchvision()
+
+
+def _window(window_size) -> tuple[int, int]:
+    return (window_size, window_size) if isinstance(window_size, int) else tuple(int(s) for s in window_size)
+
+
+def _refuse_qk_scale(peer: str, dim: int, num_heads: int, qk_scale) -> None:
+    """A peer whose scale is fixed at head_dim^-1/2: AIM's default (None, or 0, which AIM also takes as the
+    default) is fine, anything else is refused rather than silently ignored."""
+    if qk_scale and qk_scale != (dim // num_heads) ** -0.5:
+        raise ValueError(f"{peer} has no qk_scale (its scale is fixed at head_dim**-0.5); got qk_scale={qk_scale}")
+
+
+# ---- timm and torchvision: subclasses ----
+
+
+@functools.cache
 def _timm_class():
+    _require("timm")
     _import_torchvision()  # timm imports torchvision
     from timm.models.swin_transformer import WindowAttention as TimmAttention
 
@@ -57,7 +156,7 @@ def _timm_class():
         AIM's constructor. Spatial only (no temporal table), additive masks (no boolean masks; an all -inf row
         gives NaN as eager softmax does). ``qk_scale`` sets timm's ``scale``."""
 
-        refimpl_capabilities = {"modes": ["masks", "training", "gradients"]}
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "training", "gradients"]}
 
         def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
                      qk_scale=None, attn_drop=0.0, proj_drop=0.0):
@@ -74,8 +173,10 @@ def _timm_class():
     return TimmWindowAttention
 
 
+@functools.cache
 def _torchvision_class():
-    torchvision = _import_torchvision()
+    _require("torchvision")
+    _import_torchvision()
     from torchvision.models.swin_transformer import ShiftedWindowAttention
 
     class TorchvisionWindowAttention(ShiftedWindowAttention):
@@ -84,7 +185,7 @@ def _torchvision_class():
         shift mask is built inside the map-level function, so arbitrary masks cannot be passed: no masks).
         Spatial only; ``qk_scale`` is not supported by torchvision (it always uses ``d^-1/2``)."""
 
-        refimpl_capabilities = {"modes": ["training", "gradients"]}
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["training", "gradients"]}
 
         def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
                      qk_scale=None, attn_drop=0.0, proj_drop=0.0):
@@ -100,13 +201,425 @@ def _torchvision_class():
             rows, n, c = x.shape
             return super().forward(x.reshape(rows, *self.window_size, c)).reshape(rows, n, c)
 
-    del torchvision
     return TorchvisionWindowAttention
 
 
+# ---- transformers: AIM's parameters, the peer's forward through functional_call ----
+
+
+class _BoundPeer(torch.nn.Module):
+    """AIM's parameters (``qkv``, ``proj``, ``relative_position_bias_table``), computed with a peer module whose
+    parameters have other names. The peer is kept out of the module tree (its own parameters would be extra,
+    never-loaded state-dict keys); each forward binds every one of its parameters and buffers to AIM's tensors, or
+    views of them, through ``torch.func.functional_call``, so autograd, optimizer steps, in-place edits, ``.data``
+    swaps, ``.to()`` and ``load_state_dict`` all act on what the peer computes with. Subclasses set ``self.peer``
+    (``_set_peer``) and the buffer ``relative_position_index`` (the peer's own), and define ``_bindings``."""
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias):
+        super().__init__()
+        wh, ww = _window(window_size)
+        self.dim, self.num_heads, self.window_size = dim, num_heads, (wh, ww)
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.relative_position_bias_table = torch.nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+
+    def _set_peer(self, module: torch.nn.Module) -> None:
+        self.__dict__["peer"] = module  # not via nn.Module.__setattr__: no submodule, no extra state-dict keys
+
+    def _qkv_bindings(self, q: str, k: str, v: str) -> dict[str, torch.Tensor]:
+        """The peer's three projections as row blocks of AIM's fused ``qkv`` (rows [0, C) are q, then k, v)."""
+        c, bindings = self.dim, {}
+        for block, name in enumerate((q, k, v)):
+            bindings[f"{name}.weight"] = self.qkv.weight[block * c : (block + 1) * c]
+            if self.qkv.bias is not None:
+                bindings[f"{name}.bias"] = self.qkv.bias[block * c : (block + 1) * c]
+        return bindings
+
+    def _bindings(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _call(self, x, mask) -> torch.Tensor:
+        """The peer's forward on ``x`` ``(B_, N, C)`` and ``mask`` ``(nW, N, N)`` or None, with its parameters bound."""
+        self.peer.train(self.training)  # the peer is outside the tree: .train()/.eval() do not reach it
+        # strict: every parameter and buffer of the peer must be bound, or a forgotten one would silently compute
+        # with the peer's own never-loaded tensor
+        return torch.func.functional_call(self.peer, self._bindings(), (x, mask), strict=True)
+
+    def forward(self, x, mask=None, temporal=False):
+        """``x`` ``(B_, N, C)``, ``mask`` additive ``(nW, N, N)`` (row b uses ``mask[b % nW]``) -> ``(B_, N, C)``."""
+        if temporal:
+            raise NotImplementedError(f"{type(self).__name__}: the peer has no temporal mode")
+        return self._call(x, mask)
+
+
+@functools.cache
+def _transformers_swin():
+    _require("transformers")
+    _shim_torchvision_if_installed()
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinAttention, SwinRelativePositionBias
+
+    class _HFSwinAttention(_BoundPeer):
+        """transformers 5.x ``SwinAttention(config, hidden_size, num_attention_heads, window_size)`` (modeling_swin.py)
+        behind AIM's protocol, its attention function chosen by ``config._attn_implementation``.
+
+        * Parameters: ``q_proj``/``k_proj``/``v_proj`` are bound to the row blocks of AIM's ``qkv``, ``o_proj`` to
+          ``proj``, ``relative_position_bias.relative_position_bias_table`` to AIM's table.
+        * ``relative_position_index`` is the peer's own buffer: HF stores it flat ``(N*N,)`` and non-persistent
+          (the harness compares it flat).
+        * Windows: HF's Swin has square windows only (``config.window_size`` is an int). For a non-square
+          ``(Wh, Ww)`` the adapter replaces the peer's bias module by HF's own ``SwinRelativePositionBias(num_heads,
+          (Wh, Ww))``, which takes a pair, so non-square windows are still computed by HF's code.
+        * Masks: additive ``(nW, N, N)``, expanded batch-major by HF (row b gets ``mask[b % nW]``). No boolean
+          masks: HF adds the mask to the bias, so a bool mask would add 1/0 (not declared, not translated).
+        * qk_scale: HF's scale is fixed at ``head_dim**-0.5``: mode ``qk_scale`` is not declared, and a
+          non-default ``qk_scale`` is refused by the constructor.
+        * Dropout: ``attn_drop`` is HF's ``attention_probs_dropout_prob``. ``SwinAttention`` has no output dropout
+          (``SwinLayer`` applies ``nn.Dropout(hidden_dropout_prob)`` to its output); the adapter applies
+          ``nn.Dropout(proj_drop)`` there, as ``SwinLayer`` does.
+        * No temporal mode.
+        """
+
+        ATTN_IMPLEMENTATION = ""
+
+        def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
+                     qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+            super().__init__(dim, window_size, num_heads, qkv_bias)
+            _refuse_qk_scale("transformers' SwinAttention", dim, num_heads, qk_scale)
+            wh, ww = self.window_size
+            config = SwinConfig(window_size=wh, qkv_bias=bool(qkv_bias), attention_probs_dropout_prob=attn_drop,
+                                hidden_dropout_prob=proj_drop, attn_implementation=self.ATTN_IMPLEMENTATION)
+            self._set_peer(SwinAttention(config, dim, num_heads, window_size=wh))
+            if wh != ww:
+                self.peer.relative_position_bias = SwinRelativePositionBias(num_heads, (wh, ww))
+            self.register_buffer("relative_position_index",
+                                 self.peer.relative_position_bias.relative_position_index, persistent=False)
+            self.proj_drop = torch.nn.Dropout(config.hidden_dropout_prob)
+
+        def _bindings(self):
+            return {**self._qkv_bindings("q_proj", "k_proj", "v_proj"),
+                    "o_proj.weight": self.proj.weight, "o_proj.bias": self.proj.bias,
+                    "relative_position_bias.relative_position_bias_table": self.relative_position_bias_table,
+                    "relative_position_bias.relative_position_index": self.relative_position_index}
+
+        def forward(self, x, mask=None, temporal=False):
+            if temporal:
+                raise NotImplementedError("transformers' SwinAttention has no temporal mode")
+            out, _weights = self._call(x, mask)  # SwinAttention returns (output, attention weights or None)
+            return self.proj_drop(out)
+
+    class HFSwinAttentionEagerAllDtypes(_HFSwinAttention):
+        __doc__ = _HFSwinAttention.__doc__ + """
+        Attention function "eager" (``eager_attention_forward``), declaring every dtype: the honest record of its
+        float64 outcome. The softmax is computed ``softmax(..., dtype=torch.float32).to(query.dtype)``, so a float64
+        module's probabilities are only float32-accurate: every float64 property that compares values fails, first
+        diverging at softmax(bias + mask), e.g. (CPU, torch 2.13.0) probabilities off by 3.6e-8 (relative 5.3e-8,
+        float32's unit roundoff 6.0e-8) where float64 allows 4.9e-15. ``HFSwinAttentionEager`` declares the dtypes
+        it computes faithfully.
+        """
+
+        ATTN_IMPLEMENTATION = "eager"
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "training", "gradients"]}
+
+    class HFSwinAttentionEager(HFSwinAttentionEagerAllDtypes):
+        __doc__ = _HFSwinAttention.__doc__ + """
+        Attention function "eager" (``eager_attention_forward``): the softmax runs in float32 and is cast back
+        (``softmax(..., dtype=torch.float32).to(query.dtype)``), so in a float64 module it is only float32-accurate
+        (``HFSwinAttentionEagerAllDtypes`` records the float64 failures: probabilities off by 3.6e-8 where float64
+        allows 4.9e-15). This adapter declares the dtypes it computes faithfully: float32, float16 and bfloat16 (for
+        the half dtypes a float32 softmax is more accurate, not less). Rows with no allowed key: eager softmax over
+        an all -inf row gives NaN, so no ``fully_masked_rows``.
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"dtypes": ["float32", "float16", "bfloat16"],
+                                                "modes": ["masks", "training", "gradients"]}
+
+    class HFSwinAttentionSdpa(_HFSwinAttention):
+        __doc__ = _HFSwinAttention.__doc__ + """
+        Attention function "sdpa" (``sdpa_attention_forward``, the default of ``SwinModel``): bias + mask are one
+        float ``attn_mask`` of ``torch.nn.functional.scaled_dot_product_attention``, computed in the module dtype.
+        Rows with no allowed key (all -inf): torch's SDPA gives them attention output 0, so the output token is
+        ``o_proj.bias``, refimpl's ``fully_masked_rows`` extension, which the adapter therefore declares (measured
+        on CPU with torch 2.13.0, all four dtypes; where eager gives NaN for the same HF model). Only additive
+        masks reach SDPA (HF adds the mask to the bias first), so no ``boolean_masks``.
+        """
+
+        ATTN_IMPLEMENTATION = "sdpa"
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "training", "gradients"],
+                                                "extensions": ["fully_masked_rows"]}
+
+    return HFSwinAttentionEager, HFSwinAttentionSdpa, HFSwinAttentionEagerAllDtypes
+
+
+@functools.cache
+def _transformers_donut_class():
+    _require("transformers")
+    _shim_torchvision_if_installed()
+    from transformers.models.donut.configuration_donut_swin import DonutSwinConfig
+    from transformers.models.donut.modeling_donut_swin import DonutSwinAttention
+
+    class HFDonutSwinAttention(_BoundPeer):
+        """transformers' ``DonutSwinAttention(config, dim, num_heads, window_size)`` (modeling_donut_swin.py): the
+        4.x Swin layout kept by Donut and MaskFormer (``MaskFormerSwinAttention`` is a "Copied from" twin),
+        ``self.{query,key,value,relative_position_bias_table,relative_position_index}`` and ``output.dense``.
+
+        * Parameters: ``self.query``/``self.key``/``self.value`` are bound to the row blocks of AIM's ``qkv``,
+          ``output.dense`` to ``proj``, ``self.relative_position_bias_table`` to AIM's table.
+        * ``relative_position_index`` is the peer's own persistent ``(N, N)`` buffer.
+        * Windows: the class takes ``(Wh, Ww)``, non-square included.
+        * Masks: additive, added through the batch-major view ``(B_/nW, nW, nH, N, N)``; softmax in the module
+          dtype. No boolean masks (a bool would be added as 1/0), and an all -inf row gives NaN.
+        * qk_scale: the scores are divided by ``sqrt(head_dim)``, fixed: no ``qk_scale`` mode, and a non-default
+          ``qk_scale`` is refused.
+        * Dropout: the layout has one rate, ``config.attention_probs_dropout_prob``, for the attention dropout and
+          the output dropout. The adapter builds it with ``attn_drop`` and sets the output dropout's ``p`` to
+          ``proj_drop``: the peer's own ``nn.Dropout`` modules, each with the rate AIM gives it.
+        * No temporal mode.
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "training", "gradients"]}
+
+        def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
+                     qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+            super().__init__(dim, window_size, num_heads, qkv_bias)
+            _refuse_qk_scale("transformers' DonutSwinAttention", dim, num_heads, qk_scale)
+            config = DonutSwinConfig(qkv_bias=bool(qkv_bias), attention_probs_dropout_prob=attn_drop)
+            self._set_peer(DonutSwinAttention(config, dim, num_heads, window_size=self.window_size))
+            self.peer.output.dropout.p = proj_drop
+            self.register_buffer("relative_position_index", self.peer.self.relative_position_index)
+
+        def _bindings(self):
+            return {**self._qkv_bindings("self.query", "self.key", "self.value"),
+                    "output.dense.weight": self.proj.weight, "output.dense.bias": self.proj.bias,
+                    "self.relative_position_bias_table": self.relative_position_bias_table,
+                    "self.relative_position_index": self.relative_position_index}
+
+        def forward(self, x, mask=None, temporal=False):
+            if temporal:
+                raise NotImplementedError("transformers' DonutSwinAttention has no temporal mode")
+            return self._call(x, mask)[0]  # (output,) (+ attention probabilities when asked for)
+
+    return HFDonutSwinAttention
+
+
+# ---- OpenMMLab: AIM's state-dict keys already; subclasses ----
+
+
+@functools.cache
+def _mmpretrain_class():
+    _require("mmpretrain")
+    _import_torchvision()  # mmpretrain imports torchvision at package import
+    from mmpretrain.models.utils.attention import WindowMSA
+
+    class MMPretrainWindowMSA(WindowMSA):
+        """mmpretrain's ``WindowMSA(embed_dims, window_size, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)``
+        (mmpretrain/models/utils/attention.py) with AIM's constructor: the same state-dict keys, so the module is
+        the peer itself. Its ``relative_position_index`` is built by another formula (``double_step_seq``, flipped)
+        and is checked as built. ``qk_scale`` is ``qk_scale or head_dim**-0.5``, as AIM's. Additive masks through
+        the batch-major view; no boolean masks (a bool would be added as 1/0), an all -inf row gives NaN.
+        Spatial only (no temporal table)."""
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "qk_scale", "training", "gradients"]}
+
+        def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
+                     qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+            super().__init__(dim, _window(window_size), num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                             attn_drop=attn_drop, proj_drop=proj_drop)
+
+        def forward(self, x, mask=None, temporal=False):
+            if temporal:
+                raise NotImplementedError("mmpretrain's WindowMSA has no temporal mode")
+            return super().forward(x, mask)
+
+    return MMPretrainWindowMSA
+
+
+def _mmaction2_swin_module():
+    """``mmaction/models/backbones/swin.py`` loaded by file path: the mmaction2 1.2.0 wheel lacks
+    ``mmaction/models/localizers/drn/``, so ``import mmaction.models`` fails (open-mmlab/mmaction2#2714). Loaded
+    once: the file registers ``SwinTransformer3D`` in mmaction's registry, and a second load would register it
+    again."""
+    name = "refimpl_peers_mmaction2_swin"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("mmaction")
+        path = os.path.join(package.submodule_search_locations[0], "models", "backbones", "swin.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+@functools.cache
+def _mmaction2_class():
+    _require("mmaction2")
+    WindowAttention3D = _mmaction2_swin_module().WindowAttention3D
+
+    class MMAction2WindowAttention3D(WindowAttention3D):
+        """mmaction2's video-Swin ``WindowAttention3D(embed_dims, window_size=(Wd, Wh, Ww), num_heads, qkv_bias,
+        qk_scale, attn_drop, proj_drop)`` (mmaction/models/backbones/swin.py) built with the window ``(1, Wh, Ww)``:
+        one frame per window, so its 3-D table has ``1 * (2Wh-1) * (2Ww-1)`` rows, AIM's table, and its 3-D index
+        (depth offset always 0) is AIM's 2-D index: the module is the peer itself, with AIM's keys. Its forward
+        takes the bias as ``index[:N, :N]``. ``qk_scale`` as AIM's; additive masks through the batch-major view; no
+        boolean masks, an all -inf row gives NaN. No temporal mode: mmaction2's time axis is part of its 3-D
+        windows, not AIM's per-position attention over frames with a separate table."""
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "qk_scale", "training", "gradients"]}
+
+        def __init__(self, dim, num_ttokens, window_size, num_heads, use_temporal=True, qkv_bias=True,
+                     qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+            super().__init__(dim, (1, *_window(window_size)), num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                             attn_drop=attn_drop, proj_drop=proj_drop)
+
+        def forward(self, x, mask=None, temporal=False):
+            if temporal:
+                raise NotImplementedError("mmaction2's WindowAttention3D has no AIM temporal mode")
+            return super().forward(x, mask)
+
+    return MMAction2WindowAttention3D
+
+
+_BUILDERS = {
+    "TimmWindowAttention": _timm_class,
+    "TorchvisionWindowAttention": _torchvision_class,
+    "HFSwinAttentionEager": lambda: _transformers_swin()[0],
+    "HFSwinAttentionSdpa": lambda: _transformers_swin()[1],
+    "HFSwinAttentionEagerAllDtypes": lambda: _transformers_swin()[2],
+    "HFDonutSwinAttention": _transformers_donut_class,
+    "MMPretrainWindowMSA": _mmpretrain_class,
+    "MMAction2WindowAttention3D": _mmaction2_class,
+}
+
+
 def __getattr__(name):  # imported lazily: the peers are optional dependencies
-    if name == "TimmWindowAttention":
-        return _timm_class()
-    if name == "TorchvisionWindowAttention":
-        return _torchvision_class()
+    if name in _BUILDERS:
+        return _BUILDERS[name]()
     raise AttributeError(f"module 'refimpl.peers' has no attribute {name!r}")
+
+
+# ---- the verdicts: docs/peer-NAME.json and the table of docs/peers.md ----
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+TABLE_START, TABLE_END = "<!-- peers-table: start (python -m refimpl.peers markdown) -->", "<!-- peers-table: end -->"
+
+
+def _versions(peer: str) -> dict[str, str]:
+    versions = {}
+    for dist in _DISTRIBUTIONS[peer]:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_reports(names=(), *, max_examples: int | None = None, out: Path = DOCS, log=print) -> None:
+    """Run ``refimpl verify`` (CPU, all four dtypes) on each adapter and record of ``names`` (default: every
+    installed one) and write ``out/peer-NAME.json``: the harness's JSON report plus ``"peer"`` (the
+    distributions' versions)."""
+    from refimpl.harness import verify
+
+    for name in names or _reports():
+        peer, attr = _reports()[name]
+        reason = not_installed(peer)
+        if reason:
+            log(f"{name}: skipped, {reason}")
+            continue
+        report = verify({"window_attention": f"refimpl.peers:{attr}"}, devices=["cpu"], max_examples=max_examples)
+        data = json.loads(report.json())
+        data["peer"] = {"name": peer, "adapter": f"refimpl.peers:{attr}", "versions": _versions(peer)}
+        (out / f"peer-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+        log(f"{name}: {data['counts']}")
+
+
+_DTYPE = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+def _reason(outcome: dict) -> str:
+    """A short reason for a skip or failure: the harness's first line, its capability messages shortened."""
+    line = outcome["detail"].splitlines()[0] if outcome["detail"] else ""
+    names = lambda text: ", ".join(re.findall(r"'([a-z_0-9]+)'", text))  # noqa: E731
+    if match := re.match(r"the target declares modes \[.*?\], not (\[.*?\])", line):
+        return f"lacks {names(match[1])}"
+    if line.startswith("the target declares dtypes"):
+        return "dtype not declared"
+    if line.startswith("the target declares devices"):
+        return "device not declared"
+    if match := re.match(r"(?:extensions the target did not opt into: ([a-z_, ]+)|needs the extension\(s\) (\[.*?\]))",
+                         line):
+        return f"extension not declared: {(match[1] or names(match[2])).strip()}"
+    if line.startswith("no flops("):
+        return "no flops() method"
+    # a failure: its measured numbers, without the exception type, the bound's derivation and the rest
+    line = re.sub(r" \(= max\([^()]*\)\)", "", line.removeprefix("AssertionError: ")).split("; mean abs error")[0]
+    return line if len(line) <= 140 else line[:137] + "..."
+
+
+def _cell(outcomes: list[dict]) -> str:
+    """One property's outcomes on one peer: 'passed (dtypes)', 'failed (dtypes): reason', 'skipped (dtypes):
+    reason', joined by '; ' (dtypes named wherever a property's dtypes do not share one verdict)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for o in outcomes:
+        why = "" if o["status"] == "passed" else _reason(o)
+        groups.setdefault((o["status"], why), []).append(_DTYPE.get(o["dtype"], o["dtype"]))
+    parts = []
+    for status in ("failed", "passed", "skipped"):
+        for (s, why), dtypes in groups.items():
+            if s == status:
+                dt = f" ({' '.join(dtypes)})" if status == "passed" or len(groups) > 1 else ""
+                parts.append(f"{'**failed**' if status == 'failed' else status}{dt}" + (f": {why}" if why else ""))
+    return "; ".join(parts).replace("|", "\\|")
+
+
+def render_table(reports: Path = DOCS) -> str:
+    """The Markdown table property x peer from ``reports/peer-NAME.json`` (the names of ``ADAPTERS`` and
+    ``RECORDS`` found there)."""
+    loaded = {name: json.loads((reports / f"peer-{name}.json").read_text()) for name in _reports()
+              if (reports / f"peer-{name}.json").exists()}
+    properties = list(dict.fromkeys(o["property"] for data in loaded.values() for o in data["outcomes"]))
+    header = []
+    for name, data in loaded.items():
+        versions = ", ".join(f"{d} {v}" for d, v in data.get("peer", {}).get("versions", {}).items())
+        header.append(f"`{name}`" + (f" ({versions})" if versions else ""))
+    lines = ["| property | " + " | ".join(header) + " |", "|---" * (len(loaded) + 1) + "|"]
+    for prop in properties:
+        cells = [_cell([o for o in data["outcomes"] if o["property"] == prop]) or "not run" for data in loaded.values()]
+        lines.append(f"| `{prop}` | " + " | ".join(cells) + " |")
+    totals = [f"{d['counts']['passed']} passed, {d['counts']['failed']} failed, {d['counts']['skipped']} skipped "
+              f"({d['max_examples']} examples, torch {d['torch']})" for d in loaded.values()]
+    lines.append("| **outcomes** | " + " | ".join(totals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_markdown(path: Path) -> None:
+    """Replace the table between the ``TABLE_START`` and ``TABLE_END`` markers of ``path`` by ``render_table()``."""
+    text = path.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    path.write_text(text[:start] + "\n" + render_table(path.parent) + text[end:])
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m refimpl.peers", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("verify", help="run the harness on the peers and write docs/peer-NAME.json")
+    run.add_argument("names", nargs="*", metavar="NAME", help=f"of {list(_reports())} (default: all)")
+    run.add_argument("--max-examples", type=int, default=None, help="examples per property (default: ci profile)")
+    show = sub.add_parser("markdown", help="render the verdict table (into FILE between its markers, or print it)")
+    show.add_argument("file", nargs="?", type=Path, help="a Markdown file with the table markers, e.g. docs/peers.md")
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        unknown = sorted(set(args.names) - set(_reports()))
+        if unknown:
+            parser.error(f"unknown peer(s) {unknown}; expected some of {list(_reports())}")
+        write_reports(args.names, max_examples=args.max_examples)
+    elif args.file:
+        update_markdown(args.file)
+    else:
+        sys.stdout.write(render_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Measure what the tolerance policy must separate: ``python -m refimpl.tolerance_study [--cases N]``.
 
 For random window-attention cases (the property suite's own generator) and each dtype, it prints, as multiples
-of the naive same-dtype error (``refimpl.eager``) and in ulps of the output magnitude:
+of the naive same-dtype error (``refimpl.baselines``) and in ulps of the output magnitude:
 
 * the noise of *correct* implementations: refimpl's module on each route it takes (inference, forward under
   autograd, gradients) and a variant that scales the logits after ``q @ k^T`` instead of before (upstream's
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from refimpl import strategies as rst
-from refimpl.eager import EagerWindowAttention
+from refimpl.baselines.window_attention import EagerWindowAttention
 from refimpl.optimized import WindowAttention
-from refimpl.properties import window_attention as W
+from refimpl.suite import window_attention as W
 from refimpl.tolerance import eps
 
 
@@ -142,7 +142,7 @@ def main(argv=None):
                          f"{np.percentile(multiples, 99):.2f}", f"{np.nanmax(ulps):.1f}"))
         for name, values in bugs.items():
             # a softmax over one key is exactly 1 in any precision: the bug cannot show when N == 1
-            values = [val for val, case in zip(values, cases) if case.n_tokens > 1]
+            values = [val for val, case in zip(values, cases, strict=True) if case.n_tokens > 1]
             multiples = np.array([m for m, _, _ in values])
             ulps = np.array([u for _, u, _ in values])
             rows.append((str(dtype).removeprefix("torch."), "bug", name, f"min {np.min(multiples):.1f}",

@@ -1,9 +1,9 @@
 """``F.linear`` on oneDNN's matmul where that is the fast CPU GEMM.
 
 torch's CPU ``addmm`` calls MKL's sgemm, which on the AMD EPYC (Zen) machines we measure on takes a generic code
-path: 77-102 GFLOP/s on one thread for the window-attention linears ((25088, 96) x (96, 288)), where oneDNN's matmul
-(``torch.ops.mkldnn._linear_pointwise``, the op inductor emits for CPU linears) reaches 249 GFLOP/s and adds the
-bias inside the GEMM instead of broadcasting it into the output first (the README's benchmarks have the figures).
+path, far below the rate oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the op inductor emits for CPU
+linears) reaches on the window-attention linears; oneDNN also adds the bias inside the GEMM instead of
+broadcasting it into the output first (docs/benchmarks.md has the figures).
 The result is the same GEMM; the properties compare every route against the float64 oracle.
 
 Used for CPU float32 with oneDNN enabled (``torch.backends.mkldnn.enabled``) where torch has the op and

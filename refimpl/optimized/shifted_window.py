@@ -11,15 +11,15 @@ from collections import OrderedDict
 
 import torch
 
-from refimpl import _validate as v
+from refimpl import _validate as validate
 
 __all__ = ["window_partition", "window_reverse", "shifted_window_mask", "shifted_window_attention"]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """``(B, H, W, C) -> (B*nW, ws, ws, C)``, window row ``b*nW + wr*(W//ws) + wc`` (batch-major)."""
-    b, h, w, c = v.map_bhwc("x", x.shape)
-    ws = v.positive_int("window_size", window_size)
+    b, h, w, c = validate.map_bhwc("x", x.shape)
+    ws = validate.positive_int("window_size", window_size)
     if h % ws or w % ws:
         raise ValueError(f"H={h} and W={w} must be multiples of window_size={ws} (nothing pads the map)")
     x = x.reshape(b, h // ws, ws, w // ws, ws, c)
@@ -28,9 +28,9 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
 
 def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
     """Inverse of ``window_partition``: ``(B*nW, ws, ws, C) -> (B, H, W, C)``."""
-    ws = v.positive_int("window_size", window_size)
-    H, W = v.positive_int("H", H), v.positive_int("W", W)
-    b = v.windows_shape("windows", windows.shape, window_size=ws, H=H, W=W)
+    ws = validate.positive_int("window_size", window_size)
+    H, W = validate.positive_int("H", H), validate.positive_int("W", W)
+    b = validate.windows_shape("windows", windows.shape, window_size=ws, H=H, W=W)
     x = windows.reshape(b, H // ws, W // ws, ws, ws, -1)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, H, W, -1)
 
@@ -75,8 +75,8 @@ def shifted_window_mask(
     ``WindowAttention``'s own cache of the combined bias hits as well. Treat it as read-only; if it is modified
     in place anyway, the next call notices (its version moved) and rebuilds it.
     """
-    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
-    fill = v.mask_fill(fill)
+    H, W, ws, s = validate.shifted_window_geometry(H, W, window_size, shift_size)
+    fill = validate.mask_fill(fill)
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not (dtype == torch.bool or dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating dtype (additive mask) or torch.bool (may-attend), got {dtype}")
@@ -104,10 +104,10 @@ def shifted_window_attention(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    b, H, W, c = v.map_bhwc("x", x.shape)
-    H, W, ws, s = v.shifted_window_geometry(H, W, window_size, shift_size)
+    b, H, W, c = validate.map_bhwc("x", x.shape)
+    H, W, ws, s = validate.shifted_window_geometry(H, W, window_size, shift_size)
     module_window = getattr(attn, "window_size", (ws, ws))
-    if tuple(v.window_pair("attn.window_size", module_window)) != (ws, ws):
+    if tuple(validate.window_pair("attn.window_size", module_window)) != (ws, ws):
         raise ValueError(f"attn was built with window_size={tuple(module_window)}, but window_size={ws} was given")
     mask = shifted_window_mask(H, W, ws, s, fill, device=x.device, dtype=x.dtype) if s > 0 else None
     gather, scatter = _window_order(H, W, ws, s, x.device)
@@ -119,8 +119,8 @@ def shifted_window_attention(
 def _window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gather, scatter)``, int64 ``(H*W,)``: map position ``gather[r]`` feeds windowed row-major position ``r`` of
     ``window_partition(roll(x, -s))``, and ``scatter`` is its inverse. One ``index_select`` then does the roll and
-    the partition (and one their reverse): 5x faster than the two copies ``roll`` + ``permute`` make (measured:
-    Swin-T stage 1, batch 8, 1.25 ms -> 0.24 ms each way). Cached; built as normal tensors (never modified)."""
+    the partition (and one their reverse): several times faster than the two copies ``roll`` + ``permute`` make
+    (docs/benchmarks.md). Cached; built as normal tensors (never modified)."""
     key = (H, W, ws, s, torch.device(device))
     hit = _ORDER_CACHE.get(key)
     if hit is not None:

@@ -1,7 +1,7 @@
 """FIERY's ``TemporalModel`` as a drop-in torch module, with a folded eval path and streaming inference.
 
 The module tree, and so the state-dict keys, are FIERY's (``fiery/models/temporal_model.py`` and the blocks of
-``fiery/layers/temporal.py``, spec.md §3): an upstream checkpoint loads with ``strict=True``.
+``fiery/layers/temporal.py``; docs/semantics.md): an upstream checkpoint loads with ``strict=True``.
 
 * Train mode runs the blocks exactly as FIERY writes them (unfused), so batch statistics and running-statistic
   updates (with each BatchNorm's own ``momentum``) are FIERY's.
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refimpl import _validate as v
+from refimpl import _validate as validate
+from refimpl._temporal_layers import temporal_model_layers
 from refimpl.optimized._linear import linear
 
 __all__ = [
@@ -63,9 +64,9 @@ def _folded(conv_weight: torch.Tensor, norm: nn.BatchNorm3d) -> tuple[torch.Tens
 
 # The folded path works on channels-last clips ``(B, T, H, W, C)``: a 1x1x1 convolution is then one GEMM
 # (``refimpl.optimized._linear.linear``), and a (kt, 3, 3) convolution is one channels-last conv2d over the frames
-# with the kt time taps stacked along channels. On CPU, torch 2.13 sends Conv3d on clips of fewer than 3 frames (FIERY's case once the
-# history frame is trimmed) to its slow im2col kernel; the conv2d route is 4-9x faster there (measured: 200x200,
-# 35 channels, one thread).
+# with the kt time taps stacked along channels. On CPU, torch 2.13 sends Conv3d on clips of fewer than 3 frames
+# (FIERY's case once the history frame is trimmed) to its slow im2col kernel; the conv2d route is several times
+# faster there (measured at FIERY's sizes; docs/benchmarks.md).
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,7 +290,7 @@ class TemporalBlock(nn.Module):
         if self.use_pyramid_pooling:
             column = 3 * half
             cells = self.pyramid_pooling.cell_means(x)
-            for i, (feature, cell) in enumerate(zip(self.pyramid_pooling.features, cells)):
+            for i, (feature, cell) in enumerate(zip(self.pyramid_pooling.features, cells, strict=True)):
                 previous = None if state is None else state[1][i]
                 if previous is None:  # the first frame averages itself alone (count_include_pad=False)
                     pooled = torch.cat([cell[:, :1], (cell[:, :-1] + cell[:, 1:]) / 2], dim=1)
@@ -339,6 +340,9 @@ class TemporalModel(nn.Module):
     widths that would give a zero-channel convolution (at construction), ``receptive_field < 1``.
     """
 
+    # What refimpl defines beyond FIERY's protocol, checked by ``refimpl verify`` (``refimpl.suite``).
+    refimpl_capabilities = {"extensions": ["streaming"]}
+
     def __init__(
         self,
         in_channels,
@@ -351,11 +355,11 @@ class TemporalModel(nn.Module):
     ):
         super().__init__()
         in_channels, receptive_field, (h, w), start_out_channels, extra_in_channels, n_spatial = (
-            v.temporal_model_config(in_channels, receptive_field, input_shape, start_out_channels,
+            validate.temporal_model_config(in_channels, receptive_field, input_shape, start_out_channels,
                                     extra_in_channels, n_spatial_layers_between_temporal_layers)
         )
         use_pyramid_pooling = bool(use_pyramid_pooling)
-        v.temporal_model_layers(in_channels, receptive_field, start_out_channels, extra_in_channels, n_spatial,
+        temporal_model_layers(in_channels, receptive_field, start_out_channels, extra_in_channels, n_spatial,
                                 use_pyramid_pooling)  # refuses widths that give zero-channel convolutions
         self.in_channels = in_channels
         self.receptive_field = receptive_field
@@ -382,7 +386,7 @@ class TemporalModel(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        v.temporal_model_input("x", x.shape, in_channels=self.in_channels, receptive_field=self.receptive_field,
+        validate.temporal_model_input("x", x.shape, in_channels=self.in_channels, receptive_field=self.receptive_field,
                                input_shape=self.input_shape, use_pyramid_pooling=self.use_pyramid_pooling)
 
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
@@ -426,15 +430,15 @@ class TemporalModel(nn.Module):
 
     def flops(self, frames: int, height: int, width: int, batch: int = 1) -> int:
         """MACs of FIERY's forward on a ``(batch, frames, C, height, width)`` clip (every convolution; see
-        ``refimpl.reference.temporal_model_macs`` for what is not counted). This is FIERY's work: the inference
+        ``refimpl.flops.temporal_model_macs`` for what is not counted). This is FIERY's work: the inference
         path here skips the outputs the slice drops and does about half of it when ``frames == R``."""
-        from refimpl.reference import temporal_model_macs
+        from refimpl.flops import temporal_model_macs
 
         return temporal_model_macs(self.in_channels, self.receptive_field, self.input_shape,
                                    self._start_out_channels, self._extra_in_channels, self._n_spatial,
                                    self.use_pyramid_pooling, batch=batch, frames=frames, height=height, width=width)
 
-    def stream(self) -> "TemporalModelStream":
+    def stream(self) -> TemporalModelStream:
         """A frame-by-frame runner over this model (eval mode; see ``TemporalModelStream``)."""
         return TemporalModelStream(self)
 
@@ -483,7 +487,7 @@ class TemporalModelStream:
             )
         b, c, h, w = frame.shape
         # a one-frame clip passes the map and channel checks; T == 1 is fine here since pooling state carries over
-        v.temporal_model_input("frame", (b, 2, c, h, w), in_channels=model.in_channels,
+        validate.temporal_model_input("frame", (b, 2, c, h, w), in_channels=model.in_channels,
                                receptive_field=model.receptive_field, input_shape=model.input_shape,
                                use_pyramid_pooling=model.use_pyramid_pooling)
         self._frame_shape = tuple(frame.shape)

@@ -2,8 +2,8 @@
 
 The trick: the relative-position bias (plus the window mask, when one is given) is gathered once into a 4-D
 additive mask and cached, so a forward is ``qkv`` linear -> one SDPA call -> ``proj`` linear. A 4-D mask keeps
-CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math backend;
-see ``shared/notes/performance.md``). On CPU the linears run oneDNN's GEMM in float32 (``refimpl.optimized._linear``),
+CPU SDPA on its fused flash kernel (torch >= 2.3; a 3-D mask or a 5-D query silently drops to the math
+backend). On CPU the linears run oneDNN's GEMM in float32 (``refimpl.optimized._linear``),
 and matmul-softmax-matmul replaces SDPA wherever it measured faster (``_cpu_sdpa_is_faster``: more than one thread,
 bfloat16, training of the bias). Every part of this is covered by a property against ``refimpl.reference``.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refimpl import _validate as v
+from refimpl import _validate as validate
 from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
@@ -24,7 +24,7 @@ __all__ = ["WindowAttention", "relative_position_index", "temporal_relative_inde
 
 def relative_position_index(window_size, *, device=None) -> torch.Tensor:
     """Swin's index table, int64 ``(Wh*Ww, Wh*Ww)``; see ``refimpl.reference.relative_position_index``."""
-    wh, ww = v.window_pair("window_size", window_size)
+    wh, ww = validate.window_pair("window_size", window_size)
     rows, cols = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     d_row = rows[:, None] - rows[None, :] + (wh - 1)
@@ -34,7 +34,7 @@ def relative_position_index(window_size, *, device=None) -> torch.Tensor:
 
 def temporal_relative_index(num_ttokens: int, *, device=None) -> torch.Tensor:
     """AIM's temporal index, int64 ``(T, T)`` with entry ``i - j + T - 1``."""
-    t = v.positive_int("num_ttokens", num_ttokens)
+    t = validate.positive_int("num_ttokens", num_ttokens)
     steps = torch.arange(t, device=device)
     return (steps[:, None] - steps[None, :] + (t - 1)).to(torch.int64)
 
@@ -51,15 +51,15 @@ def _explicit_attention(q, k, v, attn_mask, dropout_p: float, scale: float) -> t
 
 
 def _cpu_sdpa_is_faster(dtype: torch.dtype, mask_needs_grad: bool) -> bool:
-    """Whether CPU SDPA's fused kernel beats ``_explicit_attention``; measured at the README's benchmark shapes
-    (torch 2.13, attention core):
-      * float32 on one thread: it wins, 1.0-1.2x (per-window mask for the explicit route);
-      * more threads: it loses at every shape, because it barely uses them (one thread -> two: Swin-T stage 1
-        12.7 -> 11.2 ms, temporal T=8 7.2 -> 10.4 ms, while the explicit route runs 1.6-1.9x faster);
-      * bfloat16: it loses at every shape (1.3-1.4x at Swin-T stages 1 and 3, 3x at T=8);
+    """Whether CPU SDPA's fused kernel beats ``_explicit_attention``, as measured at the benchmark shapes
+    (torch 2.13, attention core; the figures are in docs/benchmarks.md):
+      * float32 on one thread: it wins, narrowly (against a per-window mask for the explicit route);
+      * more threads: it loses at every shape, because it barely uses them (a second thread hardly speeds it up at
+        Swin-T stage 1 and slows it down at temporal T=8, while the explicit route gains from it);
+      * bfloat16: it loses at every shape, by the most at temporal T=8;
       * training with a learned bias: a mask that requires grad sends it to its math backend, which is the explicit
-        computation plus an all-masked-row check (``isneginf``/``all``/``where``, about 5% of a Swin-T stage 1
-        step) and, for half types, float32 arithmetic.
+        computation plus an all-masked-row check (``isneginf``/``all``/``where``, a small share of a step) and, for
+        half types, float32 arithmetic.
     """
     return dtype != torch.bfloat16 and not mask_needs_grad and torch.get_num_threads() == 1
 
@@ -94,6 +94,9 @@ class WindowAttention(nn.Module):
     ``head_dim ** -0.5``.
     """
 
+    # What refimpl defines beyond AIM's protocol, checked by ``refimpl verify`` (``refimpl.suite``).
+    refimpl_capabilities = {"extensions": ["boolean_masks", "fully_masked_rows"]}
+
     _CACHE_SLOTS = 8  # spatial and temporal calls alternate in AIM blocks; a few batch sizes on top
 
     def __init__(
@@ -109,11 +112,11 @@ class WindowAttention(nn.Module):
         proj_drop=0.0,
     ):
         super().__init__()
-        self.dim = v.positive_int("dim", dim)
-        self.num_heads = v.positive_int("num_heads", num_heads)
-        head_dim = v.head_dim(self.dim, self.num_heads, channels_name="dim")
-        self.window_size = v.window_pair("window_size", window_size)
-        self.num_ttokens = v.positive_int("num_ttokens", num_ttokens)
+        self.dim = validate.positive_int("dim", dim)
+        self.num_heads = validate.positive_int("num_heads", num_heads)
+        head_dim = validate.head_dim(self.dim, self.num_heads, channels_name="dim")
+        self.window_size = validate.window_pair("window_size", window_size)
+        self.num_ttokens = validate.positive_int("num_ttokens", num_ttokens)
         self.use_temporal = bool(use_temporal)
         self.scale = float(qk_scale) if qk_scale else head_dim**-0.5  # upstream's ``qk_scale or d**-0.5``
 
@@ -198,7 +201,7 @@ class WindowAttention(nn.Module):
         bias = self._position_bias(temporal, dtype)
         if mask is None:
             return bias, None
-        n_windows, n = mask.shape[0], mask.shape[-1]
+        n_windows = mask.shape[0]
         additive, attends_to_nothing = self._window_mask_terms(mask, dtype)
         windows = bias + additive  # (nW, nH, N, N)
         keep = None if attends_to_nothing is None else (~attends_to_nothing).to(dtype)  # (nW, 1, N, 1)
@@ -269,7 +272,7 @@ class WindowAttention(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        n_rows, n_tokens, channels = v.rows_tokens_channels("x", x.shape)
+        n_rows, n_tokens, channels = validate.rows_tokens_channels("x", x.shape)
         if channels != self.dim:
             raise ValueError(f"x has C={channels} channels, but the module was built with dim={self.dim}")
         if temporal:
@@ -297,7 +300,7 @@ class WindowAttention(nn.Module):
             )
         if mask.device != x.device:
             raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
-        v.window_mask_shape("mask", mask.shape, n_rows=n_rows, n_tokens=n_tokens)
+        validate.window_mask_shape("mask", mask.shape, n_rows=n_rows, n_tokens=n_tokens)
         return mask
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, temporal: bool = False) -> torch.Tensor:
@@ -325,7 +328,7 @@ class WindowAttention(nn.Module):
     def flops(self, N, T, temporal=False):
         """AIM's count: MACs of ``q@k^T`` and ``attn@v`` for one window of ``N`` tokens over ``T`` frames
         (``temporal=False``), or of temporal attention over ``T`` tokens at ``N`` positions (``temporal=True``)."""
-        from refimpl.reference import window_attention_flops
+        from refimpl.flops import window_attention_flops
 
         return window_attention_flops(self.dim, self.num_heads, N, T, temporal)
 

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import strategies as st
 
 from refimpl import reference
 from refimpl import strategies as rst
-from refimpl.eager import EagerTemporalModel
-from refimpl.properties._core import Implementation, Unsupported, register
-from refimpl.tolerance import assert_close
+from refimpl.baselines.temporal_model import TemporalModel as FieryTemporalModel
+from refimpl.reference import temporal_model_state_shapes
+from refimpl.suite._core import Implementation, Kind, KindModes, Mode, register, register_kind
+from refimpl.suite._protocol import ProtocolError, build_target, call_target, check_state_keys
+from refimpl.tolerance import assert_close, assert_close_mapping
 
 KIND = "temporal_model"
-EAGER = Implementation(KIND, "refimpl.eager:EagerTemporalModel", EagerTemporalModel)
+EAGER = Implementation(KIND, "refimpl.baselines.temporal_model:TemporalModel", FieryTemporalModel)
+
+MODES = KindModes(
+    modes=(
+        Mode("training", "train mode: BatchNorm uses batch statistics and updates its running statistics"),
+        Mode("gradients", "autograd through the forward, in eval and in train mode"),
+        Mode("streaming", "model.stream().step(frame): frame-by-frame inference equal to the whole-clip output",
+             upstream=False, upstream_behaviour="FIERY has no streaming API"),
+    ),
+    case_modes=lambda case: (),
+)
 
 HIGH = ("float64", "float32")
 FLOAT64 = ("float64",)
@@ -27,6 +38,9 @@ FLOAT64 = ("float64",)
 # --------------------------------------------------------------------------------------------------
 # Running an implementation on a case
 # --------------------------------------------------------------------------------------------------
+
+
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _is_count(key: str) -> bool:
@@ -110,8 +124,7 @@ leak_cases = rst.temporal_model_cases(rst.temporal_model_configs(min_receptive_f
 @register(KIND, configs, dtypes=FLOAT64)
 def state_dict_is_fiery(impl, config, device, dtype):
     """The freshly built module has exactly FIERY's state-dict keys, in FIERY's order, with FIERY's shapes
-    (spec.md §3.1-3.2: parameters and BatchNorm buffers), and ``out_channels`` / ``receptive_field`` as FIERY
-    derives them."""
+    (parameters and BatchNorm buffers), and ``out_channels`` / ``receptive_field`` as FIERY derives them."""
     module = impl.factory(**config.kwargs())
     expected = reference.temporal_model_state_shapes(**config.kwargs())
     got = {k: tuple(t.shape) for k, t in module.state_dict().items()}
@@ -173,9 +186,9 @@ def _check_gradients(impl, case, device, dtype, *, train: bool):
     expected = case.oracle_vjp(training=train)
     actual = gradients(build(impl, case, device, dtype, train=train), case, device, dtype)
     baseline = gradients(build(EAGER, case, device, dtype, train=train), case, device, dtype)
-    for name, grad in actual.items():
-        assert name in expected, f"the module has a parameter {name!r} that FIERY does not"
-        assert_close(grad, expected[name], baseline=baseline[name], dtype=dtype, what=f"grad of {name}")
+    # the oracle's VJP also lists the BatchNorm statistics (buffers, not parameters), with zero gradients
+    assert_close_mapping(actual, expected, baseline=baseline, dtype=dtype, what="grad",
+                         optional=lambda key: key.rsplit(".", 1)[-1] in BUFFERS and not np.any(expected[key]))
 
 
 @register(KIND, cases, dtypes=HIGH, needs=('gradients',))
@@ -293,19 +306,19 @@ def train_mode_leaks_across_time_and_batch(impl, case, device, dtype):
     scale = float(before.abs().max())
     for b in range(case.batch):
         change = float((after[b] - before[b]).abs().max())
-        assert change > 1e-9 * scale, f"train mode: perturbing sample {case.batch - 1}'s last frame left sample {b} unchanged"
+        assert change > 1e-9 * scale, (f"train mode: perturbing sample {case.batch - 1}'s last frame left sample {b} "
+                                       "unchanged")
     gap = float((own_window - whole_clip).abs().max())
     assert gap > 1e-9 * scale, "train mode: the first kept output equals its own window's"
 
 
-@register(KIND, cases, dtypes=HIGH)
+@register(KIND, cases, dtypes=HIGH, needs=("streaming",))
 def streaming_equals_full_recompute(impl, case, device, dtype):
     """``stream().step(frame)`` fed one frame at a time returns None for the first R-1 frames, then the present
     output, equal to the whole-clip output at that time (the oracle); ``reset()`` starts a new clip."""
     case = rounded_case(case, dtype)
     module = build(impl, case, device, dtype)
-    if not callable(getattr(module, "stream", None)):
-        raise Unsupported("no stream() method (streaming is refimpl's addition, not part of FIERY's protocol)")
+    assert callable(getattr(module, "stream", None)), "the target opts into streaming but has no stream() method"
     expected = case.oracle_output()
     baseline = forward(build(EAGER, case, device, dtype), case.x, device, dtype)
     r = case.config.receptive_field
@@ -365,3 +378,22 @@ def folded_weights_never_go_stale(impl, case, device, dtype):
     conv.weight.data = to_tensor(rng.standard_normal(tuple(conv.weight.shape)) / np.sqrt(conv.weight[0].numel()),
                                  device, dtype)
     check("a .data swap of a conv weight")
+
+
+# --------------------------------------------------------------------------------------------------
+# The kind: FIERY's protocol, checked before any property
+# --------------------------------------------------------------------------------------------------
+
+
+def _protocol_temporal_model(factory) -> None:
+    kwargs = dict(in_channels=4, receptive_field=3, input_shape=(2, 2), start_out_channels=6, extra_in_channels=1)
+    module = build_target(factory, kwargs, "FIERY's TemporalModel(in_channels, receptive_field, input_shape, ...)")
+    check_state_keys(dict(module.state_dict()), temporal_model_state_shapes(**kwargs), "FIERY", exact=True)
+    out = call_target(module.eval(), (torch.zeros(1, 4, 4, 2, 2),), "forward(x)")
+    if tuple(out.shape) != (1, 2, 7, 2, 2):
+        raise ProtocolError(f"forward on x (1, 4, 4, 2, 2) (B, T, C, H, W) with R=3 returned shape "
+                            f"{tuple(out.shape)}; expected (B, T-R+1, out_channels, H, W) = (1, 2, 7, 2, 2)")
+
+
+register_kind(Kind(KIND, upstream="FIERY's TemporalModel", default_target="refimpl.optimized:TemporalModel",
+                   protocol=_protocol_temporal_model, modes=MODES))

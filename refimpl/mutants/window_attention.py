@@ -1,34 +1,12 @@
-"""A catalog of deliberately wrong implementations, each with one realistic bug, to prove the suite catches bugs.
-
-``properties/test_mutants.py`` runs the harness on every entry (CI profile) and requires each to be caught, while
-refimpl's own implementations pass the same harness. ``python -m refimpl.mutants`` prints the catalog with the
-property that caught each mutant, for the README. Several bugs only show on some inputs (non-square windows,
-more than 4 heads, batches of more than one image, long clips, qk_scale=0, dropout): the strategies must draw
-those, or the mutant survives.
-"""
+"""Window-attention mutants: AIM's computation written step by step (``SnippetWindowAttention``), each mutant
+overriding one step with one realistic bug."""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
-from refimpl.eager import EagerTemporalModel, eager_shifted_window_mask
+from refimpl.mutants._mutant import Mutant
 from refimpl.optimized.window_attention import WindowAttention
-
-__all__ = ["Mutant", "CATALOG", "main"]
-
-
-@dataclass(frozen=True)
-class Mutant:
-    kind: str  # the harness kind
-    name: str
-    bug: str  # what is wrong, in one line
-    target: object  # a class or function with the kind's protocol
-    shows_on: str = "every input"  # where the bug can show at all
-
 
 # --------------------------------------------------------------------------------------------------
 # Window attention: the snippet's computation, step by step, so that each mutant overrides one step
@@ -220,26 +198,29 @@ class FullyMaskedRowsNaN(SnippetWindowAttention):
         return self.proj(self.merge_heads(attn @ v))
 
 
-WINDOW_ATTENTION = [
+CATALOG = [
     Mutant("window_attention", "index_row_stride_uses_wh", "relative index row stride (2*Wh-1) instead of (2*Ww-1)",
            IndexRowStrideUsesWh, "non-square windows"),
-    Mutant("window_attention", "meshgrid_xy", "index coordinates from meshgrid in 'xy' order (rows and columns swapped)",
-           MeshgridXY, "windows with more than one row and column"),
+    Mutant("window_attention", "meshgrid_xy",
+           "index coordinates from meshgrid in 'xy' order (rows and columns swapped)", MeshgridXY,
+           "windows with more than one row and column"),
     Mutant("window_attention", "temporal_index_reversed", "temporal index j - i instead of i - j",
            TemporalIndexReversed, "temporal mode, T > 1"),
     Mutant("window_attention", "scale_from_whole_dim", "q scaled by C^-1/2 instead of d^-1/2",
            ScaleFromWholeDim, "more than one head"),
-    Mutant("window_attention", "qk_scale_zero_taken_literally", "qk_scale=0 scales logits by 0 (upstream: 0 means default)",
-           QkScaleZeroTakenLiterally, "qk_scale = 0"),
+    Mutant("window_attention", "qk_scale_zero_taken_literally",
+           "qk_scale=0 scales logits by 0 (upstream: 0 means default)", QkScaleZeroTakenLiterally, "qk_scale = 0"),
     Mutant("window_attention", "head_split_qkv_order_swapped", "qkv reshaped (N, nH, 3, d) instead of (N, 3, nH, d)",
            HeadSplitQkvOrderSwapped, "every input"),
-    Mutant("window_attention", "heads_merged_without_transpose", "context (B_, nH, N, d) reshaped to (B_, N, C) without the transpose",
-           HeadsMergedWithoutTranspose, "more than one head and token"),
+    Mutant("window_attention", "heads_merged_without_transpose",
+           "context (B_, nH, N, d) reshaped to (B_, N, C) without the transpose", HeadsMergedWithoutTranspose,
+           "more than one head and token"),
     Mutant("window_attention", "mask_window_major", "row b gets mask[b // B] (window-major) instead of mask[b % nW]",
            MaskWindowMajor, "batches of more than one image with more than one window"),
     Mutant("window_attention", "mask_ignored", "the window mask is never added", MaskIgnored, "masked calls"),
-    Mutant("window_attention", "mask_also_in_temporal_mode", "the mask is added in temporal mode too (upstream ignores it)",
-           MaskAlsoInTemporalMode, "temporal calls with a mask"),
+    Mutant("window_attention", "mask_also_in_temporal_mode",
+           "the mask is added in temporal mode too (upstream ignores it)", MaskAlsoInTemporalMode,
+           "temporal calls with a mask"),
     Mutant("window_attention", "softmax_over_queries", "softmax along the query axis", SoftmaxOverQueries),
     Mutant("window_attention", "softmax_in_bfloat16", "softmax computed in bfloat16 inside a float32/float64 module",
            SoftmaxInBfloat16, "float32 and float64"),
@@ -253,201 +234,3 @@ WINDOW_ATTENTION = [
     Mutant("window_attention", "fully_masked_rows_nan", "rows with no allowed key give NaN (eager softmax of -inf)",
            FullyMaskedRowsNaN, "-inf / boolean masks with fully masked rows"),
 ]
-
-# --------------------------------------------------------------------------------------------------
-# FIERY temporal model
-# --------------------------------------------------------------------------------------------------
-
-
-def _causal_convs(model):
-    from refimpl.optimized.temporal_model import CausalConv3d
-
-    return [m for m in model.modules() if isinstance(m, CausalConv3d)]
-
-
-class TimePaddedAtTheEnd(EagerTemporalModel):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for conv in _causal_convs(self):
-            w, h, t = conv.pad.padding[0], conv.pad.padding[2], conv.pad.padding[4]
-            conv.pad = torch.nn.ConstantPad3d((w, w, h, h, 0, t), 0.0)  # the future frame instead of the past
-
-
-class SliceOffsetR(EagerTemporalModel):
-    def forward(self, x):
-        self._check_input(x)
-        h = self._unfused(x.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4).contiguous()
-        return torch.cat([h[:, self.receptive_field - 2 : self.receptive_field - 1], h[:, self.receptive_field :]], 1) \
-            if self.receptive_field >= 2 else h  # keeps one padding-contaminated step, drops the first clean one
-
-
-class BatchStatisticsInEval(EagerTemporalModel):
-    def forward(self, x):
-        if self.training:
-            return super().forward(x)
-        norms = [m for m in self.modules() if isinstance(m, torch.nn.BatchNorm3d)]
-        for norm in norms:
-            norm.train()
-            norm.momentum = 0.0  # batch statistics, running statistics left alone
-        try:
-            return super().forward(x)
-        finally:
-            for norm in norms:
-                norm.eval()
-
-
-class PoolCountsPadding(EagerTemporalModel):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for layer in self.model:
-            pooling = getattr(layer, "pyramid_pooling", None)
-            for feature in getattr(pooling, "features", []):
-                feature.avgpool.count_include_pad = True
-
-
-def _pool_forward(pooling, *, keep, align_corners):
-    """PyramidSpatioTemporalPooling's forward with the pooled steps ``keep`` and the upsample's corner rule."""
-
-    def forward(x):
-        b, _, t, h, w = x.shape
-        out = []
-        for feature in pooling.features:
-            pooled = feature(x)[:, :, keep]
-            planes = pooled.permute(0, 2, 1, 3, 4).reshape(b * t, pooled.shape[1], *pooled.shape[-2:])
-            planes = F.interpolate(planes, (h, w), mode="bilinear", align_corners=align_corners)
-            out.append(planes.reshape(b, t, -1, h, w).permute(0, 2, 1, 3, 4))
-        return torch.cat(out, 1)
-
-    return forward
-
-
-class _PoolingMutant(EagerTemporalModel):
-    keep, align_corners = slice(None, -1), False  # FIERY's: drop the last pooled step, align_corners=False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for layer in self.model:
-            pooling = getattr(layer, "pyramid_pooling", None)
-            if pooling is not None:
-                pooling.forward = _pool_forward(pooling, keep=self.keep, align_corners=self.align_corners)
-
-
-class PoolKeepsTheFirstStep(_PoolingMutant):
-    keep = slice(1, None)  # drops the first pooled step: P[t] averages frames t and t+1
-
-
-class UpsampleAlignCorners(_PoolingMutant):
-    align_corners = True
-
-
-class ReluAfterTheResidual(EagerTemporalModel):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for layer in self.model:
-            layer.register_forward_hook(lambda module, args, out: torch.relu(out))
-
-
-TEMPORAL_MODEL = [
-    Mutant("temporal_model", "time_padded_at_the_end", "causal convs pad time at the back (reads the future)",
-           TimePaddedAtTheEnd, "R >= 2"),
-    Mutant("temporal_model", "slice_offset", "keeps output R-2 and drops output R-1 (slice off by one)",
-           SliceOffsetR, "R >= 2"),
-    Mutant("temporal_model", "batch_statistics_in_eval", "BatchNorm uses batch statistics in eval mode",
-           BatchStatisticsInEval),
-    Mutant("temporal_model", "pool_counts_padding", "AvgPool3d with count_include_pad=True (first step halved)",
-           PoolCountsPadding, "pooling on; train mode (eval hides it behind the slice)"),
-    Mutant("temporal_model", "pool_keeps_the_first_step", "drops the first pooled step, not the last (P[t] sees t+1)",
-           PoolKeepsTheFirstStep, "pooling on"),
-    Mutant("temporal_model", "relu_after_the_residual", "ReLU applied after skip + aggregation",
-           ReluAfterTheResidual, "R >= 2"),
-    Mutant("temporal_model", "upsample_align_corners", "bilinear upsample with align_corners=True",
-           UpsampleAlignCorners, "maps larger than input_shape (a non-constant upsample)"),
-]
-
-# --------------------------------------------------------------------------------------------------
-# Shifted-window mask functions (H, W, window_size, shift_size) -> (nW, N, N)
-# --------------------------------------------------------------------------------------------------
-
-
-def _labels(H, W, bands):
-    labels = torch.zeros(H, W)
-    region = 0
-    for rows in bands(H):
-        for cols in bands(W):
-            labels[rows, cols] = region
-            region += 1
-    return labels
-
-
-def _mask_from_labels(labels, ws, window_major=False):
-    H, W = labels.shape
-    windows = labels.view(H // ws, ws, W // ws, ws).permute(0, 2, 1, 3)
-    if window_major:
-        windows = windows.transpose(0, 1)  # column-major window order
-    windows = windows.reshape(-1, ws * ws)
-    return (windows[:, None, :] != windows[:, :, None]).float() * -100.0
-
-
-def mask_labelled_before_the_roll(H, W, window_size, shift_size):
-    """Regions labelled on the unrolled map: bands (0, s), (s, H - ws + s)... in the original frame."""
-    s, ws = shift_size, window_size
-    bands = lambda n: (slice(0, s), slice(s, n - ws + s), slice(n - ws + s, None)) if s else (slice(0, n),)  # noqa
-    return _mask_from_labels(_labels(H, W, bands), ws)
-
-
-def mask_windows_column_major(H, W, window_size, shift_size):
-    return eager_shifted_window_mask(H, W, window_size, shift_size).view(H // window_size, W // window_size,
-                                                                          window_size**2, -1).transpose(0, 1) \
-        .reshape(-1, window_size**2, window_size**2)
-
-
-def mask_bands_from_half_window(H, W, window_size, shift_size):
-    """Swin's slices with ws // 2 where the shift belongs (right only when shift = ws / 2)."""
-    ws, s = window_size, shift_size
-    half = ws // 2 if s else 0
-    bands = lambda n: (slice(0, -ws), slice(-ws, -half), slice(-half, None)) if half else (slice(0, n),)  # noqa
-    return _mask_from_labels(_labels(H, W, bands), ws)
-
-
-def mask_allows_across_regions(H, W, window_size, shift_size):
-    mask = eager_shifted_window_mask(H, W, window_size, shift_size)
-    return torch.where(mask == 0, torch.tensor(-100.0), torch.tensor(0.0))  # the fill on the wrong side
-
-
-SHIFTED_WINDOW_MASK = [
-    Mutant("shifted_window_mask", "labelled_before_the_roll", "regions labelled on the unrolled map",
-           mask_labelled_before_the_roll, "shift > 0"),
-    Mutant("shifted_window_mask", "windows_column_major", "windows listed column-major", mask_windows_column_major,
-           "more than one window per side"),
-    Mutant("shifted_window_mask", "bands_from_half_window", "bands cut at ws // 2 instead of the shift",
-           mask_bands_from_half_window, "shift != ws / 2"),
-    Mutant("shifted_window_mask", "allows_across_regions", "0 and the fill swapped", mask_allows_across_regions),
-]
-
-CATALOG = WINDOW_ATTENTION + TEMPORAL_MODEL + SHIFTED_WINDOW_MASK
-
-
-def catch(mutant: Mutant, **verify_kwargs):
-    """Run the harness on ``mutant`` until a property fails; the first failing ``Outcome``, or None (survived)."""
-    from refimpl.harness import verify
-    from refimpl.properties import Implementation
-
-    impl = Implementation(mutant.kind, f"refimpl.mutants:{mutant.target.__name__}", mutant.target)
-    report = verify({mutant.kind: impl}, fail_fast=True, **verify_kwargs)
-    return report.failed[0] if report.failed else None
-
-
-def main(argv=None) -> int:
-    """Print the catalog as a Markdown table with the property that caught each mutant (CPU, CI profile)."""
-    print("| kind | mutant | bug | shows on | caught by |\n|---|---|---|---|---|")
-    survived = 0
-    for mutant in CATALOG:
-        failure = catch(mutant, devices=["cpu"], dtypes=("float64", "float32"))
-        caught = f"`{failure.property}` ({failure.dtype})" if failure else "**survived**"
-        survived += failure is None
-        print(f"| {mutant.kind} | `{mutant.name}` | {mutant.bug} | {mutant.shows_on} | {caught} |", flush=True)
-    return 1 if survived else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

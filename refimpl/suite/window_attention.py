@@ -8,34 +8,100 @@ buffers, so a wrong buffer cannot be papered over.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from hypothesis import strategies as st
 
 from refimpl import reference
 from refimpl import strategies as rst
-from refimpl.eager import EagerWindowAttention
-from refimpl.properties._core import CASE_MODES, Implementation, Unsupported, cpu_threads, register, thread_counts
-from refimpl.tolerance import assert_close
+from refimpl.baselines.shifted_window import shifted_window_attention as swin_block_attention
+from refimpl.baselines.window_attention import EagerWindowAttention
+from refimpl.suite._core import (
+    Capabilities,
+    Implementation,
+    Kind,
+    KindModes,
+    Mode,
+    Unsupported,
+    cpu_threads,
+    register,
+    register_kind,
+    thread_counts,
+)
+from refimpl.suite._protocol import ProtocolError, build_target, call_target, check_state_keys
+from refimpl.tolerance import assert_close, assert_close_mapping, compare, error_bound
 
 KIND = "window_attention"
-EAGER = Implementation(KIND, "refimpl.eager:EagerWindowAttention", EagerWindowAttention)
+EAGER = Implementation(KIND, "refimpl.baselines.window_attention:EagerWindowAttention", EagerWindowAttention)
+
+
+MODES = KindModes(
+    modes=(
+        Mode("temporal", "a temporal call, forward(x, mask, temporal=True), attending over the T frames of one "
+             "position with the temporal bias table", upstream_behaviour="AIM has it; Swin and most peers do not"),
+        Mode("masks", "an additive window mask (nW, N, N), Swin's 0/-100 or 0/-inf with at least one allowed key "
+             "per row; row b of x uses mask[b % nW]", upstream_behaviour="added to the logits through the 5-D view "
+             "(B_/nW, nW, nH, N, N), window-major rows would be a bug"),
+        Mode("qk_scale", "a qk_scale other than the default head_dim^-0.5", upstream_behaviour="AIM computes "
+             "qk_scale or head_dim**-0.5, so qk_scale=0 also means the default"),
+        Mode("training", "train mode: dropout, with non-zero rates, acts only there"),
+        Mode("gradients", "autograd through the forward: gradients of x, both linears and the bias tables"),
+        Mode("boolean_masks", "a boolean may-attend mask (True: may attend), which refimpl turns into 0/-inf",
+             upstream=False, upstream_behaviour="AIM adds a boolean mask as 1/0, which does not mask"),
+        Mode("fully_masked_rows", "query rows with no allowed key (all -inf, or all False), whose attention "
+             "output refimpl defines as 0 (the output token is proj.bias)", upstream=False,
+             upstream_behaviour="eager softmax over an all -inf row gives NaN"),
+    ),
+    case_modes=lambda case: case_modes(case),
+    case_edges=lambda case: case_edges(case),
+)
+
+
+def _parts(case) -> tuple:
+    """A drawn case and whatever it was drawn with (a property may draw a tuple, e.g. ``(case, gap)``)."""
+    return tuple(p for part in case for p in _parts(part)) if isinstance(case, tuple) else (case,)
 
 
 def case_modes(case) -> tuple[str, ...]:
-    """The modes a drawn case uses: a temporal call, a mask (targets that declare they lack one skip the case)."""
-    config = getattr(case, "config", case)
-    geometry = getattr(case, "geometry", None)  # map-level cases: masked when shifted
-    masked = getattr(case, "has_mask", False) or (geometry is not None and geometry.shift_size > 0)
-    return tuple(m for m, used in (("temporal", getattr(case, "temporal", False)),
-                                   ("masks", masked),
-                                   ("boolean_masks", masked and getattr(case, "mask_convention", "") == "bool"),
-                                   ("fully_masked_rows", masked and getattr(case, "fully_masked_rows", False)),
-                                   ("qk_scale", getattr(config, "qk_scale", None) not in (None, 0)))
-                 if used)
+    """The modes a drawn case uses (targets that do not support one skip the case): a temporal call, a mask and
+    its convention, rows with no allowed key, a non-default qk_scale; for a tuple, every part's modes."""
+    used = []
+    for part in _parts(case):
+        config = getattr(part, "config", part)
+        geometry = getattr(part, "geometry", None)  # map-level cases: masked when shifted
+        masked = getattr(part, "has_mask", False) or (geometry is not None and geometry.shift_size > 0)
+        used += [m for m, on in (("temporal", getattr(part, "temporal", False)),
+                                 ("masks", masked),
+                                 ("boolean_masks", masked and getattr(part, "mask_convention", "") == "bool"),
+                                 ("fully_masked_rows", masked and getattr(part, "fully_masked_rows", False)),
+                                 ("qk_scale", getattr(config, "qk_scale", None) not in (None, 0)))
+                 if on and m not in used]
+    return tuple(used)
 
 
-CASE_MODES[KIND] = case_modes
+def case_edges(case) -> list[str]:
+    """The edges a failing case sits on, named in the failure report."""
+    edges = []
+    for part in _parts(case):
+        config = getattr(part, "config", None)
+        if config is not None and getattr(config, "qk_scale", None) == 0:
+            edges.append("qk_scale=0, which upstream takes as the default head_dim^-0.5")
+        if getattr(part, "has_mask", False):
+            edges.append(f"mask convention {part.mask_convention}" + (" with rows that allow no key"
+                                                                       if part.fully_masked_rows else ""))
+        geometry = getattr(part, "geometry", None)
+        if geometry is not None:
+            H, W, ws, s = geometry.args
+            edges.append(f"map {H}x{W}, window {ws}, shift {s}, fill {part.fill}")
+            if geometry.n_windows == 1:
+                edges.append("a single window covers the whole map")
+        if config is not None and hasattr(config, "window_size") and config.window_size[0] != config.window_size[1]:
+            edges.append(f"a non-square window {tuple(config.window_size)}")
+    return edges
+
+
 
 # --------------------------------------------------------------------------------------------------
 # Running an implementation on a case
@@ -67,8 +133,9 @@ def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
 def build(impl: Implementation, config, params, device, dtype, *, train=False) -> torch.nn.Module:
     """Build the implementation with ``config`` and load ``params`` (parameters only, never buffers)."""
     module = impl.factory(**config.kwargs()).to(device=device, dtype=dtype)
-    if "temporal" not in impl.capabilities.modes:  # a spatial-only target has no temporal table to load
-        params = {k: a for k, a in params.items() if not k.startswith("temporal_")}
+    if "temporal" not in impl.capabilities.modes:  # a spatial-only target need not have a temporal table to load
+        own = dict(module.named_parameters())
+        params = {k: a for k, a in params.items() if not k.startswith("temporal_") or k in own}
     state = {k: to_tensor(a, device, dtype) for k, a in params.items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
     buffers = {name for name, _ in module.named_buffers()}
@@ -107,18 +174,16 @@ def gradients(module, case, device, dtype) -> dict[str, torch.Tensor]:
 
 def output_magnitude(stages, params) -> float:
     """The cancellation-free size of ``proj(context) + bias``: ``max(|context| |W_proj|^T + |b_proj|)``."""
-    return float((np.abs(stages.context) @ np.abs(params["proj.weight"]).T + np.abs(params["proj.bias"])).max(initial=0.0))
+    size = np.abs(stages.context) @ np.abs(params["proj.weight"]).T + np.abs(params["proj.bias"])
+    return float(size.max(initial=0.0))
 
 
 def assert_gradients_close(actual, expected, *, baseline, magnitudes, dtype, what: str = "grad") -> None:
     """Every oracle gradient has a counterpart within the tolerance policy; the floor counts ulps of the
     cancellation-free magnitudes, not of a possibly cancelled result."""
-    for name, grad in expected.items():
-        if name not in actual and name.startswith("temporal_") and not np.any(grad):
-            continue  # a spatial-only target has no temporal table, and a spatial call gives it no gradient
-        assert name in actual, f"no gradient for {name!r}"
-        assert_close(actual[name], grad, baseline=baseline[name], dtype=dtype, what=f"{what} of {name}",
-                     magnitude=float(np.max(magnitudes[name], initial=0.0)))
+    # a spatial-only target has no temporal table, and a spatial call gives it no gradient
+    assert_close_mapping(actual, expected, baseline=baseline, dtype=dtype, what=what, magnitudes=magnitudes,
+                         optional=lambda key: key.startswith("temporal_") and not np.any(expected[key]))
 
 
 def _run(impl, case, device, dtype, *, train=False):
@@ -155,7 +220,8 @@ def buffers_match_oracle(impl, config, device, dtype):
     got = buffers.get("relative_position_index")
     assert got is not None, "the module has no relative_position_index buffer"
     # compared flat: upstream's buffer is (N, N), torchvision's the same entries flattened
-    np.testing.assert_array_equal(got.cpu().numpy().reshape(-1), expected.reshape(-1), err_msg="relative_position_index")
+    np.testing.assert_array_equal(got.cpu().numpy().reshape(-1), expected.reshape(-1),
+                                  err_msg="relative_position_index")
     if config.use_temporal and "temporal" in impl.capabilities.modes:
         got = buffers.get("t_relative_coords")
         assert got is not None, "the module has no t_relative_coords buffer"
@@ -200,13 +266,19 @@ def locate_divergence(impl, case, device, dtype, actual, expected) -> str:
         probs = attention_probabilities(impl, case, device, dtype)
     except Exception as exc:  # a target that fails the read-out: say so, keep the located output error
         return f"{where}; the probability read-out failed ({type(exc).__name__})"
-    gap = np.abs(probs - oracle_bias_probabilities(case))
-    if gap.max() <= 1e-3:
-        return (f"{where}; softmax(position bias + mask) agrees (probabilities with q = k = 0): the divergence is in "
-                f"q/k/v, the q@k^T scaling, the value product, the head merge or the projection")
-    w, h, i, j = (int(t) for t in np.unravel_index(int(np.argmax(gap)), gap.shape))
-    return (f"{where}; first diverging stage: softmax(position bias + mask) (probabilities with q = k = 0 differ by up to "
-            f"{gap.max():.3g}, worst at window {w}, head {h}, query {i}, key {j})")
+    expected_probs = oracle_bias_probabilities(case)
+    # "agrees" means within the tolerance policy of this dtype, as in probabilities_match_oracle, never a fixed
+    # threshold: a float64 module whose softmax runs in float32 diverges there by ~1e-8
+    comparison = compare(probs, expected_probs, baseline=attention_probabilities(EAGER, case, device, dtype),
+                         dtype=dtype, what="probabilities")
+    if comparison.ok:
+        return (f"{where}; softmax(position bias + mask) agrees within the {comparison.dtype} tolerance "
+                f"(probabilities with q = k = 0): the divergence is in q/k/v, the q@k^T scaling, the value product, "
+                f"the head merge or the projection")
+    w, h, i, j = comparison.worst_index
+    return (f"{where}; first diverging stage: softmax(position bias + mask) (probabilities with q = k = 0 differ by "
+            f"up to {comparison.max_error:.3g} > allowed {comparison.bound:.3g}, worst at window {w}, head {h}, "
+            f"query {i}, key {j})")
 
 
 @register(KIND, cases, needs=('gradients',))
@@ -460,3 +532,269 @@ def flops_method_matches_the_formula_and_the_counted_work(impl, case, device, dt
     if core > 0:  # spatial: B_ windows of one frame; temporal: B_ positions of T tokens
         formula = module.flops(rows, n, True) if case.temporal else rows * module.flops(n, 1, False)
         assert core == formula, f"counted attention core {core} MACs != flops formula {formula} ({per_op})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a module at map level
+# --------------------------------------------------------------------------------------------------
+
+
+def rounded_map_case(case: rst.ShiftedWindowAttentionCase, dtype) -> rst.ShiftedWindowAttentionCase:
+    """The case as a ``dtype`` implementation sees it: the oracle then runs on exactly those inputs."""
+    return case.with_arrays(
+        x=round_to(case.x, dtype),
+        params={k: round_to(a, dtype) for k, a in case.params.items()},
+        grad_out=round_to(case.grad_out, dtype),
+    )
+
+
+def map_forward(module, case, device, dtype, *, x=None, fill=None, requires_grad=False):
+    """``(B, H, W, C)`` output of map-level attention around ``module``, driven by Swin's block code with the
+    case's geometry; the same driver around the baseline module gives the tolerance baseline."""
+    if not isinstance(x, torch.Tensor):
+        x = to_tensor(case.x if x is None else x, device, dtype, requires_grad)
+    geometry = case.geometry
+    return swin_block_attention(x, module, window_size=geometry.window_size, shift_size=geometry.shift_size,
+                                fill=case.fill if fill is None else fill)
+
+
+def map_gradients(module, case, device, dtype) -> dict[str, torch.Tensor]:
+    """Gradients of ``sum(out * grad_out)`` through map-level attention (see ``gradients_of``)."""
+    return gradients_of(module, lambda x: map_forward(module, case, device, dtype, x=x), case, device, dtype)
+
+
+def _modules(impl, case, device, dtype, *, train=False):
+    return (build(impl, case.config, case.params, device, dtype, train=train),
+            build(EAGER, case.config, case.params, device, dtype, train=train))
+
+
+def visible_tokens(geometry: rst.ShiftedWindowConfig, r: int, c: int) -> np.ndarray:
+    """``(H, W)`` bool: the tokens that token ``(r, c)`` may see, by the definition in the original frame (the
+    same shifted window along both axes; ``reference.shifted_window_cell``), not by any mask."""
+    ws, s = geometry.window_size, geometry.shift_size
+    rows = np.array([reference.shifted_window_cell(i, ws, s) for i in range(geometry.H)])
+    cols = np.array([reference.shifted_window_cell(j, ws, s) for j in range(geometry.W)])
+    return (rows == rows[r])[:, None] & (cols == cols[c])[None, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------------
+
+map_cases = rst.shifted_window_attention_cases()
+shifted_map_cases = rst.shifted_window_attention_cases(rst.shifted_window_configs(shift="nonzero"))
+unshifted_map_cases = rst.shifted_window_attention_cases(rst.shifted_window_configs(shift="zero"))
+minus_100_map_cases = rst.shifted_window_attention_cases(rst.shifted_window_configs(shift="nonzero"), fills=(-100.0,))
+dead_row_cases = rst.window_attention_cases(
+    temporal=False, mask=True, mask_conventions=("-inf", "bool"), fully_masked_rows=True
+)
+# One window of at least two tokens and a logit gap beyond the -100 mask's reach (e^10 = 22026 > N - 1).
+gap_cases = st.tuples(
+    rst.window_attention_cases(
+        rst.window_attention_configs().filter(lambda c: c.window_tokens >= 2), temporal=False, mask=False
+    ),
+    st.floats(110.0, 1000.0),
+)
+
+# --------------------------------------------------------------------------------------------------
+# Map-level properties of a window-attention module
+# --------------------------------------------------------------------------------------------------
+
+
+@register(KIND, map_cases, needs=('masks',))
+def map_level_matches_oracle(impl, case, device, dtype):
+    """Map-level (shifted) window attention around the module equals the float64 oracle (roll by -s, partition,
+    masked window attention, reverse, roll back), with Swin's -100 mask and with -inf."""
+    case = rounded_map_case(case, dtype)
+    module, eager = _modules(impl, case, device, dtype)
+    actual = map_forward(module, case, device, dtype)
+    baseline = map_forward(eager, case, device, dtype)
+    assert_close(actual, case.oracle_output(), baseline=baseline, dtype=dtype, what="map-level output")
+
+
+@register(KIND, map_cases, needs=('gradients', 'masks'))
+def map_level_gradients_match_oracle(impl, case, device, dtype):
+    """Gradients of sum(out * grad_out) through map-level attention, with respect to the map and every
+    parameter, equal the oracle's (the roll and the partition are permutations; their adjoints undo them)."""
+    case = rounded_map_case(case, dtype)
+    module, eager = _modules(impl, case, device, dtype, train=True)
+    expected, magnitudes = case.oracle_vjp(), case.oracle_vjp_magnitudes()
+    actual = map_gradients(module, case, device, dtype)
+    baseline = map_gradients(eager, case, device, dtype)
+    assert_gradients_close(actual, expected, baseline=baseline, magnitudes=magnitudes, dtype=dtype,
+                           what="map-level grad")
+
+
+@register(KIND, map_cases, dtypes=HIGH, needs=('masks',))
+def perturbing_a_token_changes_only_its_own_shifted_window(impl, case, device, dtype):
+    """Isolation: perturbing one token of the map changes the outputs of exactly the tokens that may see it (same
+    shifted window, by the definition in the original frame) and nothing else: bit for bit with a -inf mask,
+    and with -100 up to the oracle's e^-100 leak plus the dtype's rounding floor. The token itself changes."""
+    case = rounded_map_case(case, dtype)
+    module = build(impl, case.config, case.params, device, dtype)
+    rng = np.random.default_rng(case.seed + 2)
+    b, r, c = (int(rng.integers(n)) for n in case.x.shape[:3])
+    x2 = case.x.copy()
+    x2[b, r, c] += round_to(3.0 * rng.standard_normal(case.x.shape[-1]), dtype)
+    x2 = round_to(x2, dtype)
+    with torch.no_grad():
+        change = (map_forward(module, case, device, dtype, x=x2) - map_forward(module, case, device, dtype))
+    change = change.abs().amax(dim=-1).double().cpu().numpy()  # (B, H, W)
+    outside = np.ones(change.shape, dtype=bool)
+    outside[b] = ~visible_tokens(case.geometry, r, c)
+    assert change[b, r, c] > 0, f"perturbing token {(b, r, c)} did not change its own output"
+    if case.fill == -np.inf:
+        leaked = np.argwhere(outside & (change > 0))
+        assert leaked.size == 0, (
+            f"perturbing token {(b, r, c)} changed tokens it may not see, e.g. {tuple(leaked[0])} "
+            f"by {change[tuple(leaked[0])]:.3g} (-inf mask: isolation must be exact)"
+        )
+        return
+    oracle = case.oracle_output()
+    oracle_change = np.abs(case.with_arrays(x=x2).oracle_output() - oracle).max(axis=-1)
+    # The allowance is the oracle's own -100 leak, not zero: it is ~e^(gap-100) relative, which large logit gaps
+    # lift above float64 rounding (the thorough profile found one with qk_scale 2: H=4, W=12, ws 4, s 2).
+    allowed = oracle_change + error_bound(oracle, None, dtype)
+    worst = worst_leak(change, allowed, outside)
+    assert worst is None, (
+        f"perturbing token {(b, r, c)} changed token {worst}, which may not see it, "
+        f"by {change[worst]:.3g} > {allowed[worst]:.3g} (the -100 leak plus the {dtype} rounding floor)"
+    )
+
+
+def worst_leak(change: np.ndarray, allowed: np.ndarray, outside: np.ndarray) -> tuple[int, ...] | None:
+    """The token outside the perturbed token's window whose change exceeds its allowance by the most, or None
+    when none does. With no token outside (one image whose one window covers the map) there is nothing to
+    leak to: None, not the argmax of an all ``-inf`` array, which would name a token that may see the change."""
+    excess = np.where(outside, change - allowed, -np.inf)
+    if not outside.any() or excess.max() <= 0:
+        return None
+    return tuple(int(i) for i in np.unravel_index(np.argmax(excess), change.shape))
+
+
+@register(KIND, unshifted_map_cases, dtypes=HIGH)
+def without_shift_map_level_is_plain_window_attention(impl, case, device, dtype):
+    """With shift 0 the map-level operation is plain window attention, no mask: each ws x ws block of the output
+    equals the oracle's window attention on that block of the input, sliced straight out of the map."""
+    case = rounded_map_case(case, dtype)
+    module, eager = _modules(impl, case, device, dtype)
+    actual = map_forward(module, case, device, dtype)
+    baseline = map_forward(eager, case, device, dtype)
+    ws, (batch, H, W, C) = case.geometry.window_size, case.x.shape
+    expected = np.zeros(case.x.shape)
+    for r in range(0, H, ws):
+        for c in range(0, W, ws):
+            block = case.x[:, r : r + ws, c : c + ws].reshape(batch, ws * ws, C)
+            out = reference.window_attention(block, case.params, num_heads=case.config.num_heads,
+                                             window_size=(ws, ws), qk_scale=case.config.qk_scale)
+            expected[:, r : r + ws, c : c + ws] = out.reshape(batch, ws, ws, C)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="unshifted map-level output")
+
+
+@register(KIND, minus_100_map_cases, dtypes=HIGH, needs=('masks',))
+def minus_100_matches_minus_inf_while_logits_are_bounded(impl, case, device, dtype):
+    """Swin's -100 mask equals exact (-inf) masking up to a leak: in every row the masked keys hold at most
+    |M| e^(gap - 100) of the probability (gap = largest masked logit minus largest allowed one), which for the
+    drawn, bounded logits is far below any rounding; the module's -100 output then equals the -inf oracle."""
+    case = rounded_map_case(case, dtype)
+    H, W, ws, s = case.geometry.args
+    rolled = np.roll(case.x, (-s, -s), axis=(1, 2))
+    windows = reference.window_partition(rolled, ws).reshape(-1, ws * ws, case.x.shape[-1])
+    stages = reference.window_attention_stages(
+        windows, case.params, num_heads=case.config.num_heads, window_size=(ws, ws),
+        mask=reference.shifted_window_mask(H, W, ws, s, -100.0), qk_scale=case.config.qk_scale,
+    )
+    masked = np.broadcast_to(stages.mask_rows[:, None] != 0, stages.logits.shape)
+    unmasked_logits = stages.logits - stages.mask_rows[:, None]
+    leak = np.where(masked, stages.probs, 0.0).sum(axis=-1)
+    gap = np.where(masked, unmasked_logits, -np.inf).max(-1) - np.where(masked, -np.inf, unmasked_logits).max(-1)
+    bound = masked.sum(axis=-1) * np.exp(gap - 100.0)
+    assert (leak <= bound * (1 + 1e-9)).all(), "the -100 leak exceeds |M| e^(gap - 100)"
+    module, eager = _modules(impl, case, device, dtype)
+    actual = map_forward(module, case, device, dtype, fill=-100.0)
+    baseline = map_forward(eager, case, device, dtype, fill=-100.0)
+    expected = case.oracle_output(fill=-np.inf)
+    assert_close(actual, expected, baseline=baseline, dtype=dtype, what="-100 output against the -inf oracle")
+
+
+@register(KIND, gap_cases, dtypes=HIGH, needs=('masks',))
+def minus_100_stops_masking_beyond_a_logit_gap_of_100(impl, drawn, device, dtype):
+    """The failure mode of Swin's -100, recorded as a property rather than skipped: when a masked key's logit
+    exceeds the allowed ones by more than about 100 (here 110..1000, via the bias table), the -100 mask no longer
+    masks, and that key takes almost all of the weight; -inf (and boolean masks, for a target that opts into
+    them) still give it exactly 0."""
+    case, gap = drawn
+    n = case.n_tokens
+    index = reference.relative_position_index(case.config.window_size)
+    params = dict(case.params)
+    params["relative_position_bias_table"] = np.zeros_like(params["relative_position_bias_table"])
+    params["relative_position_bias_table"][index[0, 1]] = gap  # query 0 -> key 1 gets +gap, every head
+    blocked = np.zeros((1, n, n), dtype=bool)
+    blocked[0, 0, 1] = True  # query 0 may not see key 1
+    conventions = [("-100", np.where(blocked, -100.0, 0.0)), ("-inf", np.where(blocked, -np.inf, 0.0))]
+    if "boolean_masks" in impl.capabilities.modes:
+        conventions.append(("bool", ~blocked))
+    for convention, mask in conventions:
+        probe = replace(case, n_windows=1, has_mask=True, mask_convention=convention, params=params, mask=mask)
+        p_masked = attention_probabilities(impl, probe, device, dtype)[0, :, 0, 1]  # (nH,)
+        if convention == "-100":
+            assert (p_masked > 0.99).all(), (
+                f"with a logit gap of {gap:.4g}, the -100-masked key should take almost all the weight (the known "
+                f"failure mode), got {p_masked.min():.3g}; an implementation that masks exactly here does not "
+                f"compute Swin's -100 semantics"
+            )
+        else:
+            assert (p_masked == 0).all(), f"{convention} mask: masked key got weight {p_masked.max():.3g}"
+
+
+@register(KIND, dead_row_cases, needs=('masks', 'fully_masked_rows'))
+def rows_with_no_allowed_key_attend_to_nothing(impl, case, device, dtype):
+    """refimpl's decision for a query row with no allowed key (all -inf, or all False): it attends to nothing,
+    its attention output is 0 and its output token is exactly proj.bias, never NaN; every gradient is finite.
+    (Eager softmax gives NaN there, and SDPA backends differ across torch versions.)"""
+    case = rounded_case(case, dtype)
+    module = build(impl, case.config, case.params, device, dtype, train=True)
+    x = to_tensor(case.x, device, dtype, requires_grad=True)
+    mask = to_tensor(case.mask, device, dtype)
+    out = module(x, mask, False)
+    (out * to_tensor(case.grad_out, device, dtype)).sum().backward()
+    allowed = case.mask if case.mask.dtype == bool else case.mask == 0
+    dead = ~allowed.any(axis=-1)  # (nW, N)
+    dead_rows = np.tile(dead, (case.batch, 1))  # row b of x uses window b % nW
+    bias = module.proj.bias.detach()
+    got = out.detach()[torch.as_tensor(dead_rows, device=out.device)]
+    assert torch.equal(got, bias.expand_as(got)), (
+        f"rows with no allowed key must output exactly proj.bias; max deviation "
+        f"{(got - bias).abs().max().item() if got.numel() else 0:.3g} (NaN: {torch.isnan(got).any().item()})"
+    )
+    assert torch.isfinite(x.grad).all(), "non-finite gradient for x"
+    for name, p in module.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The kind: AIM's protocol, checked before any property
+# --------------------------------------------------------------------------------------------------
+
+
+def _protocol_window_attention(factory) -> None:
+    modes = Capabilities.declared_by(factory, "window_attention").modes
+    kwargs = dict(dim=8, num_ttokens=3, window_size=(2, 2), num_heads=2)
+    module = build_target(factory, kwargs, "AIM's WindowAttention(dim, num_ttokens, window_size, num_heads, ...)")
+    keys = dict(module.state_dict())
+    expected = {"qkv.weight": (24, 8), "proj.weight": (8, 8), "proj.bias": (8,), "relative_position_bias_table": (9, 2)}
+    if "temporal" in modes:  # a target that declares no temporal mode need not have the temporal table
+        expected["temporal_position_bias_table"] = (5, 2)
+    check_state_keys(keys, expected, "AIM")
+    x = torch.zeros(4, 4, 8)
+    calls = [(x,)] + [(x, torch.zeros(2, 4, 4))] * ("masks" in modes) + [(torch.zeros(4, 3, 8), None, True)] * (
+        "temporal" in modes)
+    for args in calls:
+        out = call_target(module, args, "forward(x, mask=None, temporal=False)")
+        if tuple(out.shape) != tuple(args[0].shape):
+            raise ProtocolError(f"forward on x {tuple(args[0].shape)} returned shape {tuple(out.shape)}; expected "
+                                f"x's shape (B_, N, C)")
+
+
+register_kind(Kind(KIND, upstream="AIM's WindowAttention", default_target="refimpl.optimized:WindowAttention",
+                   protocol=_protocol_window_attention, modes=MODES))
