@@ -56,6 +56,16 @@ def test_the_command_exits_2_for_protocol_errors_and_bad_arguments(capsys):
     assert main(["verify", "--dtype", "float8"]) == 2
 
 
+def test_an_attribute_that_fails_to_load_exits_2_with_the_reason(tmp_path, monkeypatch, capsys):
+    """A lazy attribute that raises (a peer adapter whose package is not installed) is a load error, exit 2."""
+    (tmp_path / "lazy_targets.py").write_text(
+        "def __getattr__(name):\n    raise ImportError(f'{name}: the peer package is not installed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["verify", "--target", "window_attention=lazy_targets:Adapter"]) == 2
+    assert "cannot load lazy_targets:Adapter: ImportError: Adapter: the peer package is not installed" \
+        in capsys.readouterr().err
+
+
 def test_declared_capabilities_become_skips_with_the_reason(tmp_path):
     impl = Implementation("window_attention", "test:SpatialFloat32Only", SpatialFloat32Only)
     report = verify({"window_attention": impl}, devices=["cpu"], max_examples=20,

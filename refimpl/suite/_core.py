@@ -385,6 +385,8 @@ def load_implementation(kind: str, spec: str) -> Implementation:
         factory = getattr(module, attr)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    except Exception as exc:  # a lazy attribute that fails (e.g. a peer adapter whose package is not installed)
+        raise ValueError(f"cannot load {spec}: {type(exc).__name__}: {exc}") from exc
     if not callable(factory):
         raise ValueError(f"{spec} is not callable (got {type(factory).__name__})")
     return Implementation(kind, spec, factory)
