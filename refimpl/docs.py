@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 # The property registry, imported here and nowhere else in this module (its package may be renamed).
-from refimpl.suite import KIND_MODES, PROPERTIES
+from refimpl.suite import KINDS, PROPERTIES
 
 __all__ = ["BLOCK", "MUTANTS_JSON", "main", "pages", "render", "stale_blocks", "update"]
 
@@ -58,10 +58,10 @@ def properties_table(kind: str) -> str:
 
 
 def modes_table(kind: str) -> str:
-    if kind not in KIND_MODES:
+    if kind not in KINDS:
         raise ValueError(f"no modes registered for kind {kind!r}")
     lines = ["| mode | checked by default | what a case in this mode does | upstream there |", "|---|---|---|---|"]
-    for m in KIND_MODES[kind].modes:
+    for m in KINDS[kind].modes.modes:
         default = "yes (upstream)" if m.upstream else "no: an extension, opt in"
         lines.append(f"| `{m.name}` | {default} | {_cell(m.meaning)} | {_cell(m.upstream_behaviour) or '—'} |")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,6 @@ Importing this package registers every kind and property. ``properties/`` (pytes
 from refimpl.suite import shifted_window_mask, temporal_model, window_attention  # noqa: F401  (registers the kinds)
 from refimpl.suite._core import (
     DTYPES,
-    KIND_MODES,
     KINDS,
     PROPERTIES,
     Capabilities,
@@ -34,4 +33,4 @@ from refimpl.suite._protocol import ProtocolError
 
 __all__ = ["available_devices", "DTYPES", "PROPERTIES", "Implementation", "Property", "load_implementation",
            "properties_for", "property_grid", "run_property", "Capabilities", "Mode", "KindModes", "Kind", "KINDS",
-           "KIND_MODES", "ProtocolError", "Unsupported"]
+           "ProtocolError", "Unsupported"]

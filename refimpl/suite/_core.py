@@ -114,18 +114,16 @@ class Kind:
     modes: KindModes = _NO_MODES
 
 
-# Every kind, by name, and its modes: filled by the kind modules (``register_kind``), in import order.
+# Every kind, by name: filled by the kind modules (``register_kind``), in import order.
 KINDS: dict[str, Kind] = {}
-KIND_MODES: dict[str, KindModes] = {}
 
 
 def register_kind(kind: Kind) -> None:
     KINDS[kind.name] = kind
-    KIND_MODES[kind.name] = kind.modes
 
 
 def kind_modes(kind: str) -> KindModes:
-    return KIND_MODES.get(kind, _NO_MODES)
+    return KINDS[kind].modes if kind in KINDS else _NO_MODES
 
 
 def opt_in_line(extensions) -> str:
