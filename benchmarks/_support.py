@@ -124,3 +124,51 @@ def record_rates(benchmark):
     for key in ("flop", "io_bytes", "core_io_bytes"):
         if key in benchmark.extra_info:
             benchmark.extra_info[f"{key}_per_s"] = benchmark.extra_info[key] / median
+
+
+def device_memory_bound(device) -> float | None:
+    """The device's peak memory bandwidth in bytes/s (CUDA: 2 transfers per memory clock x bus width; read from
+    the device properties where this torch reports them), None elsewhere."""
+    if device != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(0)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+
+
+class FlexWindowAttention(torch.nn.Module):
+    """A FlexAttention baseline with AIM's constructor and keys (``refimpl.baselines`` parameters): the bias (and
+    the window mask, row ``b`` reading ``mask[b % nW]``) added in a ``score_mod``, on compiled ``flex_attention``
+    (torch >= 2.5; its eager form materializes the scores). Spatial only, additive masks."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from refimpl.baselines.window_attention import WindowAttention
+
+        self.inner = WindowAttention(**kwargs)
+        self._flex = None
+
+    def load_state_dict(self, state, strict=True):
+        return self.inner.load_state_dict(state, strict=strict)
+
+    def forward(self, x, mask=None, temporal=False):
+        if temporal:
+            raise NotImplementedError("FlexWindowAttention times spatial window attention only")
+        if self._flex is None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            self._flex = torch.compile(flex_attention)
+        inner = self.inner
+        rows, n, c = x.shape
+        heads = inner.num_heads
+        qkv = inner.qkv(x).reshape(rows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        bias = inner.relative_position_bias_table[inner.relative_position_index.view(-1)]
+        bias = bias.view(n, n, heads).permute(2, 0, 1).contiguous().to(x.dtype)  # (nH, N, N)
+        windows = 1 if mask is None else mask.shape[0]
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            score = score + bias[h, q_idx, kv_idx]
+            return score if mask is None else score + mask[b % windows, q_idx, kv_idx]
+
+        out = self._flex(qkv[0], qkv[1], qkv[2], score_mod=score_mod, scale=inner.scale)
+        return inner.proj(out.transpose(1, 2).reshape(rows, n, c))

@@ -3,7 +3,7 @@
 import os
 
 import torch
-from _support import native_dtypes
+from _support import device_memory_bound, native_dtypes
 
 THREADS = int(os.environ.get("REFIMPL_BENCH_THREADS", "1"))  # 1 thread: the 2-core box is bimodal with 2
 
@@ -20,3 +20,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     if torch.cuda.is_available():
         machine_info["cuda_device"] = torch.cuda.get_device_name()
         machine_info["cudnn"] = torch.backends.cudnn.version()
+        machine_info["cuda_memory_bound_bytes_per_s"] = device_memory_bound("cuda")

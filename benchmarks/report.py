@@ -19,9 +19,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-REFIMPL = ("optimized", "stream")  # refimpl's routes; every other variant is a baseline or a peer
+# refimpl's routes (on CUDA "optimized" is the Triton kernel where it applies, "optimized-sdpa" the SDPA route);
+# every other variant is a baseline or a peer
+REFIMPL = ("optimized", "optimized-sdpa", "optimized-compiled", "stream")
 BASELINE = "eager"
-ORDER = ("eager", "timm", "timm-fused", "torchvision", "optimized", "stream")
+ORDER = ("eager", "eager-compiled", "timm", "timm-fused", "timm-compiled", "torchvision", "flex-attention",
+         "optimized", "optimized-sdpa", "optimized-compiled", "stream")
 BLOCK = re.compile(r"(<!-- (report|targets): (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
 
 
@@ -32,8 +35,9 @@ def load(path) -> dict:
 def describe(data) -> str:
     info = data["machine_info"]
     where = info.get("cuda_device") or info.get("cpu", {}).get("brand_raw", "?")
+    bound = info.get("cuda_memory_bound_bytes_per_s")
     return (f"torch {info.get('torch')}, {where}, {info.get('torch_threads')} CPU thread(s), "
-            f"{data.get('datetime', '?')[:10]}")
+            f"{data.get('datetime', '?')[:10]}" + (f", memory bound {bound / 1e9:.0f} GB/s" if bound else ""))
 
 
 def medians(data) -> dict:
@@ -57,7 +61,7 @@ def table(data) -> str:
     others = [v for v in variants if v not in REFIMPL]
     peers = [v for v in others if v != BASELINE]
     head = ["workload", "device", "mode", "dtype", "denormals"] + [f"{v} ms" for v in others] + [
-        "refimpl ms", "vs eager"] + (["vs best peer"] if peers else []) + ["refimpl GFLOP/s"]
+        "refimpl ms", "vs eager"] + (["vs best peer"] if peers else []) + ["refimpl GFLOP/s", "refimpl GB/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
     for (workload, device, mode, dtype, denormals), runs in groups.items():
         for route in (r for r in REFIMPL if r in runs):
@@ -69,6 +73,7 @@ def table(data) -> str:
                 best = min((runs[p][0] for p in peers if p in runs), default=None)
                 cells.append("—" if best is None else f"{best / mine:.2f}x")
             cells.append(f"{extra['flop'] / mine / 1e9:.0f}" if "flop" in extra else "—")
+            cells.append(f"{extra['io_bytes'] / mine / 1e9:.0f}" if "io_bytes" in extra else "—")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -42,9 +42,22 @@ WORKLOADS = {
 CUDA_WORKLOADS = {"swin-t-stage1-shift-b64": (96, 3, 7, 4096, (56, 56, 3), None)}
 WORKLOADS.update(CUDA_WORKLOADS)
 VARIANTS = ["optimized", "eager", "timm", "timm-fused"]
+# What a compiling user gets: torch.compile (inductor, default mode) of refimpl's module, of the seed-style eager
+# code and of timm's. Compiling costs 10-60 s per variant, so only these workloads have compiled variants, and CI's
+# smoke run deselects them (``-m "not compiled"``).
+COMPILED_VARIANTS = ["optimized-compiled", "eager-compiled", "timm-compiled"]
+COMPILED_WORKLOADS = {"swin-t-stage1-shift", "temporal-t8", "swin-t-stage1-shift-b64"}
+# On CUDA only: refimpl's module with the Triton kernel switched off (SDPA with the cached mask), and
+# FlexAttention with the bias and mask as a score_mod (a baseline, compiled as FlexAttention must be).
+CUDA_VARIANTS = ["optimized-sdpa", "flex-attention"]
 
 
 def _module_class(variant):
+    if variant == "flex-attention":
+        from _support import FlexWindowAttention
+
+        return FlexWindowAttention
+    variant = variant.removesuffix("-compiled").removesuffix("-sdpa")
     if variant.startswith("timm"):
         skip_unless_installed("timm")
         from refimpl.peers import TimmWindowAttention
@@ -59,6 +72,8 @@ def _setup(workload, variant, device, dtype):
     module = random_window_attention(_module_class(variant), config, device, dtype)
     if variant == "timm-fused":
         module.fused_attn = True
+    if variant == "optimized-sdpa":
+        module.attention_backend = "sdpa"
     n = t_tokens or ws * ws
     x = torch.randn(rows, n, dim, device=device, dtype=getattr(torch, dtype))
     mask = None
@@ -68,12 +83,22 @@ def _setup(workload, variant, device, dtype):
     return module, x, mask, t_tokens is not None
 
 
+def _variants(workload, device):
+    variants = VARIANTS + (COMPILED_VARIANTS if workload in COMPILED_WORKLOADS else [])
+    return variants + (CUDA_VARIANTS if device == "cuda" else [])
+
+
+def _marks(variant):
+    return [pytest.mark.compiled] if variant.endswith("-compiled") or variant == "flex-attention" else []
+
+
 CASES = [
     pytest.param(workload, variant, device, dtype, denormals, mode,
-                 id=f"{workload}-{variant}-{device}-{dtype}-{denormals}-{mode}")
+                 id=f"{workload}-{variant}-{device}-{dtype}-{denormals}-{mode}", marks=_marks(variant))
     for workload, (*_, t_tokens) in WORKLOADS.items()
-    for variant in VARIANTS if not (t_tokens and variant.startswith("timm"))  # timm: spatial only
     for device, dtype, denormals in settings() if device == "cuda" or workload not in CUDA_WORKLOADS
+    for variant in _variants(workload, device)
+    if not (t_tokens and (variant.startswith("timm") or variant == "flex-attention"))  # spatial only
     for mode in MODES
 ]
 
@@ -86,6 +111,8 @@ def test_window_attention(benchmark, workload, variant, device, dtype, denormals
     benchmark.extra_info.update(threads=torch.get_num_threads(), ftz=denormals == "ftz",
                                 **window_attention_work(dim, heads, t_tokens or ws * ws, rows, dtype, mode))
     call = (lambda x: module(x, mask)) if variant.startswith("timm") else (lambda x: module(x, mask, temporal))
+    if variant.endswith("-compiled"):
+        call = torch.compile(call)  # inductor, default mode; the warm-up rounds pay the compile
     run = timed_step(call, x, module, mode, device)
     with denormal_setting(denormals):
         out = benchmark.pedantic(run, rounds=7, warmup_rounds=2, iterations=1)

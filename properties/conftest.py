@@ -1,10 +1,6 @@
-"""pytest wiring: profiles, and the implementation under test of each kind.
-
-``--window-attention-impl MODULE:ATTR`` points every window-attention property at another implementation (a class
-or factory with AIM's constructor); likewise ``--shifted-window-mask-impl`` (``(H, W, window_size, shift_size) ->
-(nW, N, N)``) and ``--temporal-model-impl`` (FIERY's constructor). Options and defaults come from the kinds
-registered in ``refimpl.suite`` (``Kind.default_target``: refimpl's own implementations).
-"""
+"""pytest wiring of the repository's tests: the Hypothesis profile (dev unless CI or HYPOTHESIS_PROFILE says
+otherwise), and ``Unsupported`` as a skip. The implementation under test of the registered properties is chosen
+with refimpl's pytest plugin (``--refimpl-target KIND=MODULE:ATTR``; ``refimpl/pytest_plugin.py``)."""
 
 import os
 
@@ -12,14 +8,10 @@ import pytest
 from hypothesis import settings
 
 import refimpl.profiles  # noqa: F401  (registers dev / ci / thorough)
-from refimpl.suite import KINDS, Unsupported, load_implementation
+from refimpl.suite import Unsupported
 
 if not os.environ.get("CI"):  # under CI=true Hypothesis loads "ci" itself; --hypothesis-profile overrides both
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-def _option(kind: str) -> str:
-    return f"--{kind.replace('_', '-')}-impl"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -29,28 +21,3 @@ def pytest_pyfunc_call(pyfuncitem):
         return (yield)
     except Unsupported as exc:
         pytest.skip(str(exc))
-
-
-def pytest_addoption(parser):
-    for name, kind in KINDS.items():
-        parser.addoption(_option(name), default=kind.default_target,
-                         help=f"MODULE:ATTR of the {name} implementation under test ({kind.upstream}'s protocol)")
-
-
-def _impl(request, kind: str):
-    return load_implementation(kind, request.config.getoption(_option(kind)))
-
-
-@pytest.fixture(scope="session")
-def window_attention_impl(request):
-    return _impl(request, "window_attention")
-
-
-@pytest.fixture(scope="session")
-def shifted_window_mask_impl(request):
-    return _impl(request, "shifted_window_mask")
-
-
-@pytest.fixture(scope="session")
-def temporal_model_impl(request):
-    return _impl(request, "temporal_model")

@@ -311,3 +311,51 @@ def test_upstream_formula_floors_and_the_reference_refuses(dim, heads, n, t):
 def test_formulas_refuse_non_positive_sizes(call, words):
     with pytest.raises(ValueError, match=words):
         call()
+
+
+# ---- Swin V2 window attention: formula == counted work, per call and per cache miss ----
+
+
+@given(config=rst.window_attention_v2_configs(max_heads=3, max_head_dim=3, max_window_side=3),
+       rows=st.integers(1, 3), masked=st.booleans())
+def test_swin_v2_window_attention_work_equals_the_formula(config, rows, masked):
+    """microsoft's forward on ``B_`` windows does ``swin_v2_window_attention_macs(C, nH, window, B_)``: V1's
+    ``4 N C^2 + 2 N^2 C`` per window plus one CPB-MLP evaluation per call (counted by FlopCounterMode on the faithful
+    module, and by counting the oracle's einsum contractions). refimpl's module does the same on a cache miss and
+    no MLP work on a hit (``cpb_evaluations=0``); its and upstream's ``flops(N)`` are the per-window term."""
+    from refimpl.baselines.window_attention_v2 import WindowAttention as FaithfulV2
+    from refimpl.optimized import WindowAttentionV2
+
+    params = rst.random_window_attention_v2_params(config, RNG)
+    state = {k: torch.as_tensor(a, dtype=torch.float32) for k, a in params.items()}
+    n = config.window_tokens
+    x = RNG.standard_normal((rows, n, config.dim))
+    mask = None
+    if masked:
+        mask = np.where(RNG.random((1, n, n)) < 0.3, -100.0, 0.0)
+        np.fill_diagonal(mask[0], 0.0)
+    args = (torch.as_tensor(x, dtype=torch.float32), None if mask is None else torch.as_tensor(mask).float())
+    per_call = flops.swin_v2_window_attention_macs(config.dim, config.num_heads, config.window_size, rows)
+    cached = flops.swin_v2_window_attention_macs(config.dim, config.num_heads, config.window_size, rows,
+                                                 cpb_evaluations=0)
+    faithful, optimized = FaithfulV2(**config.kwargs()).eval(), WindowAttentionV2(**config.kwargs()).eval()
+    for module in (faithful, optimized):
+        module.load_state_dict(state, strict=False)
+        assert rows * module.flops(n) == cached
+    with torch.no_grad():
+        assert count_flops(faithful, *args)[0] == flops.macs_to_flops(per_call)
+        miss, per_op = count_flops(optimized, *args)
+        hit, _ = count_flops(optimized, *args)
+    assert miss == flops.macs_to_flops(per_call), per_op
+    assert hit == flops.macs_to_flops(cached)
+    oracle = _oracle_macs(reference.window_attention_v2, x, params, **config.oracle_kwargs(), mask=mask)
+    assert oracle == per_call
+    assert per_call - cached == flops.swin_v2_cpb_macs(config.window_size, config.num_heads)
+
+
+def test_swin_v2_t_stage_1_figures():
+    """Swin-V2-T stage 1 at 256x256 (window 8, C 96, 3 heads, a 64x64 map: 64 windows per image): the MLP costs
+    (15 * 15) * 512 * (2 + 3) = 576,000 MACs per evaluation, about 0.29% of a batch-1 call's 201.9 M."""
+    assert flops.swin_v2_cpb_macs(8, 3) == 576_000
+    total = flops.swin_v2_window_attention_macs(96, 3, 8, windows=64)
+    assert total == 64 * (4 * 64 * 96**2 + 2 * 64**2 * 96) + 576_000 == 201_902_592

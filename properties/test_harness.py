@@ -78,7 +78,7 @@ def test_declared_capabilities_become_skips_with_the_reason(tmp_path):
     assert status[("temporal_attention_is_bidirectional_and_offset_biased", "float64")][0] == "skipped"
     data = json.loads(report.json())
     assert data["counts"]["failed"] == 0 and data["counts"]["skipped"] >= 2
-    assert "| window_attention | forward_matches_oracle | cpu | float64 | skipped: the target declares" \
+    assert "| window_attention | forward_matches_oracle | cpu | float64 | 0 | skipped: the target declares" \
            in report.markdown()
 
 

@@ -4,12 +4,13 @@ the mask in its three conventions, the mask cache, and the map-level function fo
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import optimized, reference
 from refimpl import strategies as rst
 from refimpl.suite import DTYPES, Implementation, available_devices
+from refimpl.suite._compiled import COMPILED_EXAMPLES, graphs_compiled, inductor_counting
 from refimpl.suite.window_attention import (
     _modules,
     assert_gradients_close,
@@ -98,3 +99,27 @@ def test_optimized_map_function_matches_the_oracle_forward_and_gradients(dtype, 
                          torch_dtype)
     assert_gradients_close(grads, case.oracle_vjp(), baseline=map_gradients(eager, case, device, torch_dtype),
                            magnitudes=case.oracle_vjp_magnitudes(), dtype=torch_dtype, what="optimized map-level grad")
+
+
+@pytest.mark.parametrize("dtype", [pytest.param("float32", id="float32")])
+@settings(max_examples=COMPILED_EXAMPLES)
+@given(case=rst.shifted_window_attention_cases(), device=devices)
+def test_compiled_map_function_matches_the_oracle_forward_and_gradients(dtype, case, device):
+    """torch.compile (inductor, fullgraph=True) of refimpl.optimized.shifted_window_attention around refimpl's
+    module: forward in inference and the gradients of a training step equal the oracle's, as eager does."""
+    torch_dtype = DTYPES[dtype]
+    case = rounded_map_case(case, torch_dtype)
+    module, eager = _modules(WINDOW_ATTENTION, case, device, torch_dtype, train=True)
+    torch._dynamo.reset()  # new shapes every example: never let the recompile limit fall back to eager
+    before = graphs_compiled()
+    compiled_map = torch.compile(lambda t: _optimized_map(module, case, device, torch_dtype, t), fullgraph=True,
+                                 backend=inductor_counting)
+    x = to_tensor(case.x, device, torch_dtype)
+    with torch.no_grad():
+        actual = compiled_map(x)
+    assert_close(actual, case.oracle_output(), baseline=map_forward(eager, case, device, torch_dtype),
+                 dtype=torch_dtype, what="compiled map-level output")
+    grads = gradients_of(module, compiled_map, case, device, torch_dtype)
+    assert_gradients_close(grads, case.oracle_vjp(), baseline=map_gradients(eager, case, device, torch_dtype),
+                           magnitudes=case.oracle_vjp_magnitudes(), dtype=torch_dtype, what="compiled map-level grad")
+    assert graphs_compiled() >= before + 2, "inference and training graphs were not both compiled"

@@ -229,7 +229,12 @@ CLAIMS = [
     Claim("wa-cases/mask=True/temporal-with-mask", WA_CASES_MASK, lambda k: k.temporal and masks_something(k),
           f"{_WACASE}: mask=True in temporal mode; {_mutant('mask_also_in_temporal_mode')}"),
     Claim("wa-cases/dropout/attn-drop", WA_CASES_DROPOUT, lambda k: k.config.attn_drop > 0 and k.n_tokens > 1,
-          _mutant("dropout_in_eval_mode")),
+          f"{_mutant('dropout_in_eval_mode')}; {_mutant('dropout_without_rescale')}"),
+    Claim("wa-cases/mask/-100-spatial", WA_CASES_MASK, lambda k: not k.temporal and k.mask_convention == "-100",
+          _mutant("mask_edited_in_place")),
+    *[Claim(f"layouts/{layout}", rst.memory_layouts, lambda drawn, layout=layout: drawn == layout,
+            "MEMORY_LAYOUTS docstring" + (f"; {_mutant('strides_ignored')}" if layout != "contiguous" else ""))
+      for layout in rst.MEMORY_LAYOUTS],
     Claim("wa-cases/fully_masked_rows=True/dead-row", WA_CASES_DEAD, has_dead_row,
           f"{_MASK}: fully_masked_rows blocks rows entirely; {_mutant('fully_masked_rows_nan')}"),
     Claim("wa-cases/fully_masked_rows=True/live-row-too", WA_CASES_DEAD,
@@ -361,6 +366,39 @@ CLAIMS = [
 ]
 
 # Mutants whose ``shows_on`` is a condition on something other than the drawn case (the dtype): no claim needed.
+V2_CASES = rst.window_attention_v2_cases()
+V2_NO_BIAS = rst.window_attention_v2_cases(rst.window_attention_v2_configs(qkv_bias=False))
+V2_GAP = st.tuples(rst.window_attention_v2_cases(rst.window_attention_v2_configs(min_head_dim=2).filter(
+    lambda c: c.window_tokens >= 2), mask=False), st.floats(-0.9, -0.1))  # the mask-once property's draw
+_V2 = "window_attention_v2_cases docstring"
+_LN_100 = float(np.log(100.0))
+
+
+def _scales(k) -> np.ndarray:
+    return np.asarray(k.params["logit_scale"]).reshape(-1)
+
+
+CLAIMS += [
+    Claim("v2-cases/logit-scale-above-ln-100", V2_CASES, lambda k: (_scales(k) > _LN_100).any(),
+          f"{_V2}; {_mutant('v2-no-clamp')}; {_mutant('v2-clamp-at-100')}"),
+    Claim("v2-cases/logit-scale-above-ln-ln-100", V2_CASES, lambda k: (_scales(k) > np.log(_LN_100)).any(),
+          _mutant("v2-clamp-after-exp")),
+    Claim("v2-cases/qkv-bias", V2_CASES, lambda k: k.config.qkv_bias, _mutant("v2-k-bias")),
+    Claim("v2-gap/two-tokens-two-channels", V2_GAP,
+          lambda d: d[0].x.shape[1] >= 2 and d[0].config.head_dim >= 2 and -0.9 <= d[1] <= -0.1,
+          _mutant("v2-mask-twice")),
+    Claim("v2-cases/head-dim-above-1", V2_CASES, lambda k: k.config.head_dim > 1, _mutant("v2-d-scaling")),
+    Claim("v2-cases/side-above-1", V2_CASES, lambda k: max(k.config.window_size) > 1, _mutant("v2-linear-coords")),
+    Claim("v2-cases/pretrained-window-differs", V2_CASES,
+          lambda k: tuple(k.config.pretrained_window_size) not in ((0, 0), tuple(k.config.window_size)),
+          _mutant("v2-pretrained-ignored")),
+    Claim("v2-cases/axes-differ", V2_CASES, lambda k: k.config.window_size[0] != k.config.window_size[1],
+          _mutant("v2-coords-channels-swapped")),
+    Claim("v2-cases/tokens-above-1", V2_CASES, lambda k: k.x.shape[1] > 1, _mutant("v2-key-minus-query")),
+    Claim("v2-no-bias/zero-q-possible", V2_NO_BIAS, lambda k: not k.config.qkv_bias,
+          f"zero tokens without q bias give q = 0; {_mutant('v2-normalize-no-eps')}"),
+]
+
 NOT_ABOUT_CASES = {"softmax_in_bfloat16"}
 
 

@@ -2,16 +2,22 @@
 
 import pytest
 
-from refimpl.suite import properties_for, property_grid, run_property
+from refimpl.optimized import TemporalModel
+from refimpl.suite import properties_for, run_property
+from refimpl.suite._compiled import compiled, compiled_settings, graphs_compiled
+from refimpl.suite._core import Implementation, available_devices
 from refimpl.suite.temporal_model import EAGER, KIND
 
-CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}")
-         for prop, device, dtype in property_grid(KIND)]
 
-
-@pytest.mark.parametrize("prop, device, dtype", CASES)
-def test_temporal_model(prop, device, dtype, temporal_model_impl):
-    run_property(prop, temporal_model_impl, device, dtype)
+@pytest.mark.parametrize("device", available_devices())
+def test_compiled_inference_matches_the_oracle(device):
+    """refimpl's TemporalModel under torch.compile (inductor, fullgraph=True) in inference (the folded path)
+    equals the oracle, and compiled code really ran."""
+    (prop,) = [p for p in properties_for(KIND) if p.name == "eval_forward_matches_oracle"]
+    target = compiled(Implementation(KIND, "refimpl.optimized:TemporalModel", TemporalModel))
+    before = graphs_compiled()
+    result = run_property(prop, target, device, "float32", settings=compiled_settings())
+    assert result["run"] > 0 and graphs_compiled() > before
 
 
 @pytest.mark.parametrize(

@@ -15,13 +15,15 @@ Also the drop-in promise: a state dict of each faithful module loads with ``stri
 import pytest
 import torch
 
-from refimpl import optimized
+from refimpl import optimized, reference
 from refimpl.baselines import shifted_window as swin
 from refimpl.baselines import temporal_model as fiery
 from refimpl.baselines import window_attention as aim
+from refimpl.baselines import window_attention_v2 as swin_v2
 from refimpl.harness import verify
 from refimpl.suite import Implementation
 from refimpl.suite._core import kind_modes, missing_kernels
+from refimpl.tolerance import assert_close
 
 # Few examples, to keep CI time modest: what this test guards is that no default property rejects upstream
 # behaviour, and such rejections show early (when every target was still drawn boolean masks and fully masked rows,
@@ -34,6 +36,7 @@ TARGETS = {
     "window_attention": ("refimpl.baselines.window_attention:WindowAttention", aim.WindowAttention),
     "temporal_model": ("refimpl.baselines.temporal_model:TemporalModel", fiery.TemporalModel),
     "shifted_window_mask": ("refimpl.baselines.shifted_window:shifted_window_mask", swin.shifted_window_mask),
+    "window_attention_v2": ("refimpl.baselines.window_attention_v2:WindowAttention", swin_v2.WindowAttention),
 }
 
 
@@ -114,6 +117,45 @@ def test_window_attention_state_dicts_load_strictly_both_ways(config, direction)
     with torch.no_grad():
         for args in calls:
             torch.testing.assert_close(target(*args), source(*args), rtol=1e-12, atol=1e-12)
+
+
+WINDOW_ATTENTION_V2_CONFIGS = [
+    {"dim": 12, "window_size": (3, 2), "num_heads": 3},
+    {"dim": 8, "window_size": (2, 4), "num_heads": 2, "qkv_bias": False, "pretrained_window_size": (5, 3)},
+]
+
+
+@pytest.mark.parametrize("config", WINDOW_ATTENTION_V2_CONFIGS, ids=["qkv-bias", "no-qkv-bias-pretrained"])
+@pytest.mark.parametrize("direction", ["upstream-to-optimized", "optimized-to-upstream"])
+def test_window_attention_v2_state_dicts_load_strictly_both_ways(config, direction):
+    """microsoft's keys and persistent buffers, both ways; the loaded module then computes the oracle's output on the
+    loaded parameters, within the tolerance policy (upstream's float32 coordinate table and clamp bound set the
+    float64 baseline error; refimpl's module computes both exactly)."""
+    source, target = swin_v2.WindowAttention(**config), optimized.WindowAttentionV2(**config)
+    if direction == "optimized-to-upstream":
+        source, target = target, source
+    source = _randomized(source.double()).eval()
+    with torch.no_grad():  # a faithful buffer: randomizing it would change what upstream computes
+        source.relative_coords_table.copy_(swin_v2.WindowAttention(**config).relative_coords_table)
+    target = target.double().eval()
+    target.load_state_dict(source.state_dict(), strict=True)
+    _assert_same_state(source, target)
+
+    generator = torch.Generator().manual_seed(1)
+    n_tokens, dim = config["window_size"][0] * config["window_size"][1], config["dim"]
+    x = torch.randn(6, n_tokens, dim, generator=generator, dtype=torch.float64)
+    blocked = torch.rand(3, n_tokens, n_tokens, generator=generator) < 0.3
+    mask = torch.zeros(blocked.shape, dtype=torch.float64).masked_fill(blocked, -100.0)
+    faithful = source if isinstance(source, swin_v2.WindowAttention) else target
+    params = {k: p.detach().numpy() for k, p in source.named_parameters()}
+    with torch.no_grad():
+        for args in [(x, None), (x, mask)]:
+            expected = reference.window_attention_v2(x.numpy(), params, num_heads=config["num_heads"],
+                                                     window_size=config["window_size"],
+                                                     pretrained_window_size=config.get("pretrained_window_size",
+                                                                                       (0, 0)),
+                                                     mask=None if args[1] is None else mask.numpy())
+            assert_close(target(*args), expected, baseline=faithful(*args), dtype="float64")
 
 
 TEMPORAL_MODEL_CONFIGS = [

@@ -1,4 +1,6 @@
-"""Every registered window-attention property, on every device present and every dtype it applies to."""
+"""refimpl's WindowAttention beyond the registered properties (refimpl/suite/test_kinds.py runs those): the
+tolerance baseline's own exactness, the routes it takes (one fused SDPA call, oneDNN linears, the Triton kernel's
+gate), torch.compile and CUDA graphs."""
 
 import pytest
 import torch
@@ -7,17 +9,28 @@ import torch.nn.functional as F
 from refimpl.counting import FUSED_CPU_SDPA_OP, ONEDNN_LINEAR_OP, dispatched_ops
 from refimpl.optimized import WindowAttention
 from refimpl.optimized._linear import onednn_linear_available
-from refimpl.suite import properties_for, property_grid, run_property
-from refimpl.suite._core import cpu_threads
+from refimpl.suite import properties_for, run_property
+from refimpl.suite._compiled import compiled, compiled_settings, graphs_compiled
+from refimpl.suite._core import Implementation, available_devices, cpu_threads
 from refimpl.suite.window_attention import EAGER, KIND
 
-CASES = [pytest.param(prop, device, dtype, id=f"{prop.name}-{device}-{dtype}")
-         for prop, device, dtype in property_grid(KIND)]
+COMPILED = [pytest.param(name, device, dtype, id=f"{name}-{device}-{dtype}")
+            for name, dtypes in [("forward_matches_oracle", ("float32", "bfloat16")),
+                                 ("gradients_match_oracle", ("float32",)),
+                                 ("rows_with_no_allowed_key_attend_to_nothing", ("float32",))]
+            for device in available_devices() for dtype in dtypes]
 
 
-@pytest.mark.parametrize("prop, device, dtype", CASES)
-def test_window_attention(prop, device, dtype, window_attention_impl):
-    run_property(prop, window_attention_impl, device, dtype)
+@pytest.mark.parametrize("name, device, dtype", COMPILED)
+def test_compiled_window_attention_matches_the_oracle(name, device, dtype):
+    """refimpl's WindowAttention under torch.compile (inductor, fullgraph=True), through the kind's own
+    properties: inference (spatial, masked in every convention, temporal; with autograd recording and under
+    no_grad) and a training step's gradients equal the oracle's, and compiled code really ran."""
+    (prop,) = [p for p in properties_for(KIND) if p.name == name]
+    target = compiled(Implementation(KIND, "refimpl.optimized:WindowAttention", WindowAttention))
+    before = graphs_compiled()
+    result = run_property(prop, target, device, dtype, settings=compiled_settings())
+    assert result["run"] > 0 and graphs_compiled() > before
 
 
 @pytest.mark.parametrize("name", ["forward_matches_oracle", "gradients_match_oracle"])
@@ -129,3 +142,125 @@ def test_rows_with_no_allowed_key_give_proj_bias_on_each_cpu_backend(backend):
     assert torch.equal(dead, module.proj.bias.detach().expand_as(dead)), dead
     assert torch.isfinite(forced).all()
     torch.testing.assert_close(forced, matmul_route)
+
+
+# ---- the attention core's gate: the Triton kernel on CUDA where it applies, SDPA otherwise ----
+
+def _gate_module(**kwargs):
+    torch.manual_seed(0)
+    return WindowAttention(dim=32, num_ttokens=4, window_size=(4, 4), num_heads=2, use_temporal=False, **kwargs)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Count calls of the Triton kernel by WindowAttention (the real kernel still runs where it can)."""
+    from refimpl import kernels
+
+    calls = []
+    real = kernels.triton_window_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].device.type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "triton_window_attention", counting)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_cpu_calls_never_take_the_kernel_unless_asked(backend, kernel_calls):
+    module = _gate_module().eval()
+    module.attention_backend = backend
+    x = torch.randn(4, 16, 32)
+    module(x, torch.zeros(2, 16, 16))
+    module.train()
+    module(x).sum().backward()
+    assert kernel_calls == []
+
+
+def test_attention_backend_triton_refuses_dropout_and_a_learned_mask_with_the_reason():
+    module = _gate_module(attn_drop=0.5).train()
+    module.attention_backend = "triton"
+    with pytest.raises(ValueError, match="dropout acts"):
+        module(torch.randn(2, 16, 32))
+    module.eval()
+    mask = torch.zeros(2, 16, 16, requires_grad=True)
+    with pytest.raises(ValueError, match="window mask requires grad"):
+        module(torch.randn(2, 16, 32), mask)
+
+
+def test_attention_backend_triton_says_why_the_kernel_cannot_run_here():
+    """On CPU without Triton's interpreter (or without triton), 'triton' raises with the kernel's reason."""
+    module = _gate_module().eval()
+    module.attention_backend = "triton"
+    with pytest.raises(ValueError, match="the kernel does not support this call: .*(triton|TRITON_INTERPRET)"):
+        module(torch.randn(2, 16, 32))
+
+
+def test_attention_backend_must_be_one_of_the_three():
+    module = _gate_module().eval()
+    module.attention_backend = "flash"
+    with pytest.raises(ValueError, match="attention_backend must be 'auto', 'sdpa' or 'triton', got 'flash'"):
+        module(torch.randn(2, 16, 32))
+
+
+def _kernel_importable() -> bool:
+    from refimpl import kernels
+
+    return kernels.is_available()
+
+
+cuda_with_triton = pytest.mark.skipif(not (torch.cuda.is_available() and _kernel_importable()),
+                                      reason="needs a CUDA device and triton")
+
+
+@pytest.mark.cuda
+@cuda_with_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_calls_take_the_kernel_where_it_applies_and_sdpa_elsewhere(dtype, kernel_calls):
+    module = _gate_module().to("cuda", dtype).eval()
+    x = torch.randn(4, 16, 32, device="cuda", dtype=dtype)
+    mask = torch.zeros(2, 16, 16, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        module(x, mask)
+        assert kernel_calls == ["cuda"]
+        module.attention_backend = "sdpa"
+        module(x, mask)
+        assert kernel_calls == ["cuda"]
+    odd = WindowAttention(dim=24, num_ttokens=4, window_size=(4, 4), num_heads=3, use_temporal=False)
+    with torch.no_grad():
+        odd.to("cuda", dtype).eval()(torch.randn(4, 16, 24, device="cuda", dtype=dtype))  # d = 8: SDPA
+    assert kernel_calls == ["cuda"]
+    dropped = _gate_module(attn_drop=0.1).to("cuda", dtype).train()
+    dropped(x, mask)  # dropout acts: SDPA
+    assert kernel_calls == ["cuda"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_qkv_attention_proj_is_captured_in_a_cuda_graph(backend):
+    """A whole forward (qkv -> attention core -> proj, with a shifted-window mask) records into a CUDA graph, and
+    replaying it on new input equals the eager forward: no host synchronization, no allocation that depends on
+    data, inside the step (the mask's checks run once, at warm-up, and are cached)."""
+    module = _gate_module().to("cuda", torch.bfloat16).eval()
+    module.attention_backend = backend
+    x = torch.randn(8, 16, 32, device="cuda", dtype=torch.bfloat16)
+    mask = torch.zeros(4, 16, 16, device="cuda", dtype=torch.bfloat16)
+    mask[1, :8, 8:] = -100.0
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up: caches filled, kernels compiled
+            module(x, mask)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        captured = module(x, mask)
+    fresh = torch.randn_like(x)
+    x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        expected = module(fresh, mask)
+    torch.testing.assert_close(captured, expected, rtol=0, atol=0)

@@ -213,3 +213,40 @@ def temporal_model_input(
                 f"(upstream's AvgPool3d rejects T=1)"
             )
     return b, t, c, h, w
+
+
+def pretrained_window_pair(name: str, value) -> tuple[int, int]:
+    """Swin V2's ``pretrained_window_size``: ``(0, 0)`` (use the window itself) or a pair ``(Ph, Pw)`` of sides
+    >= 2 (an int ``P`` means ``(P, P)``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints (Ph, Pw), got {value!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a pair (Ph, Pw), got {value!r} with {len(pair)} entries")
+    ph, pw = (non_negative_int(f"{name}[{i}]", side) for i, side in enumerate(pair))
+    if (ph == 0) != (pw == 0):
+        raise ValueError(f"{name} must be (0, 0) (use the window) or have both sides >= 2, got {(ph, pw)}: upstream "
+                         f"tests side 0 only, so (P, 0) divides the w offsets by -1 (a sign flip) and (0, P) ignores "
+                         f"P")
+    if ph == 1 or pw == 1:
+        raise ValueError(f"{name}={(ph, pw)} has a side of 1: the log-spaced coordinates divide by side - 1, which "
+                         f"is 0 (upstream's output is all NaN); use (0, 0) or sides >= 2")
+    return ph, pw
+
+
+def cpb_geometry(window_size, pretrained_window_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Swin V2's window and the divisors ``(Dh, Dw)`` of its log-spaced coordinates: ``P - 1`` with a pretrained
+    window ``P``, else ``window - 1``. A side whose divisor would be 0 is refused (upstream's 0/0 makes the whole
+    output NaN)."""
+    wh, ww = window_pair("window_size", window_size)
+    ph, pw = pretrained_window_pair("pretrained_window_size", pretrained_window_size)
+    if ph > 0:
+        return (wh, ww), (ph - 1, pw - 1)
+    if wh == 1 or ww == 1:
+        raise ValueError(f"window_size={(wh, ww)} has a side of 1 with pretrained_window_size=(0, 0): the "
+                         f"log-spaced coordinates divide by window side - 1 = 0 (upstream's output is all NaN); pass "
+                         f"a pretrained_window_size with sides >= 2, or use a window with sides >= 2")
+    return (wh, ww), (wh - 1, ww - 1)

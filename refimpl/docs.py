@@ -79,10 +79,12 @@ def mutants_table(root: Path) -> str:
     if missing or unknown:
         raise ValueError(f"{MUTANTS_JSON} does not match refimpl.mutants.CATALOG (not recorded: {missing}; not in "
                          f"the catalog: {unknown}): run python -m refimpl.mutants --json {MUTANTS_JSON}")
-    lines = ["| kind | mutant | bug | shows on | caught by |", "|---|---|---|---|---|"]
+    lines = ["| kind | mutant | bug | shows on | caught by | examples to failure | seconds to verdict |",
+             "|---|---|---|---|---|---:|---:|"]
     for m in CATALOG:
         by = caught[m.name]
-        cell = "**survived**" if by is None else f"`{by['property']}` ({by['dtype']})"
+        cell = "**survived** | |" if by is None else (f"`{by['property']}` ({by['dtype']}) | "
+                                                      f"{by.get('examples', '—')} | {by.get('seconds', '—')}")
         lines.append(f"| {m.kind} | `{m.name}` | {_cell(m.bug)} | {_cell(m.shows_on)} | {cell} |")
     return "\n".join(lines) + "\n"
 

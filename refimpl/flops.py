@@ -1,4 +1,4 @@
-"""Analytic FLOP formulas: AIM's and Swin's window attention, whole Swin models, FIERY's temporal model.
+"""Analytic FLOP formulas: AIM's, Swin's and Swin V2's window attention, whole Swin models, FIERY's temporal model.
 
 Two conventions, and every name or docstring says which: **MACs** (multiply-accumulates; what Swin, AIM and
 fvcore call "FLOPs") and **FLOPs** counting a multiply and an add separately (``torch.utils.flop_counter``,
@@ -17,6 +17,8 @@ __all__ = [
     "window_attention_flops",
     "window_attention_flops_upstream",
     "swin_window_attention_macs",
+    "swin_v2_cpb_macs",
+    "swin_v2_window_attention_macs",
     "aim_block_attention_macs",
     "aim_model_attention_macs",
     "stage_resolutions",
@@ -71,6 +73,31 @@ def swin_window_attention_macs(dim: int, num_heads: int, N: int) -> int:
     N = validate.positive_int("N", N)
     head_dim = validate.head_dim(dim, num_heads, "dim")
     return 3 * N * dim * dim + 2 * num_heads * N * N * head_dim + N * dim * dim
+
+
+def swin_v2_cpb_macs(window_size, num_heads: int, hidden: int = 512) -> int:
+    """MACs of one evaluation of Swin V2's continuous-position-bias MLP: ``Linear(2, hidden)`` and
+    ``Linear(hidden, nH)`` at each of the ``(2Wh-1)(2Ww-1)`` relative offsets, ``(2Wh-1)(2Ww-1) * hidden * (2 +
+    nH)``. microsoft's forward evaluates it once per call (for all windows at once); a module that caches the bias
+    (``refimpl.optimized.WindowAttentionV2``) once per cache miss. ReLU, sigmoid and the gather are not counted."""
+    wh, ww = validate.window_pair("window_size", window_size)
+    num_heads, hidden = validate.positive_int("num_heads", num_heads), validate.positive_int("hidden", hidden)
+    return (2 * wh - 1) * (2 * ww - 1) * hidden * (2 + num_heads)
+
+
+def swin_v2_window_attention_macs(dim: int, num_heads: int, window_size, windows: int = 1,
+                                  cpb_evaluations: int = 1, hidden: int = 512) -> int:
+    """MACs of a Swin V2 ``WindowAttention`` forward on ``windows`` windows (``B_``): per window V1's
+    ``4 N C^2 + 2 N^2 C`` (qkv, the cosine ``q̂ k̂^T``, ``attn @ v``, proj; ``N = Wh*Ww``), plus
+    ``cpb_evaluations`` evaluations of the CPB MLP (``swin_v2_cpb_macs``): 1 per call upstream, 1 per cache miss and
+    0 per hit with a cached bias. Not counted (no multiply-adds of a matmul): the normalization of q and k, the
+    clamp and exp of the scale, the scaling, the softmax, the biases. microsoft's ``flops(N)`` is the per-window
+    term alone."""
+    windows = validate.positive_int("windows", windows)
+    cpb_evaluations = validate.non_negative_int("cpb_evaluations", cpb_evaluations)
+    wh, ww = validate.window_pair("window_size", window_size)
+    per_window = swin_window_attention_macs(dim, num_heads, wh * ww)
+    return windows * per_window + cpb_evaluations * swin_v2_cpb_macs((wh, ww), num_heads, hidden)
 
 
 # ---- whole models: AIM's attention count and Swin's model.flops() ----

@@ -36,6 +36,7 @@ from refimpl.suite import (
     Unsupported,
     available_devices,
     load_implementation,
+    properties_for,
     property_grid,
     run_property,
 )
@@ -43,6 +44,11 @@ from refimpl.suite._core import KINDS, kind_modes, opt_in_line
 from refimpl.suite._protocol import ProtocolError
 
 DEFAULT_TARGETS = {name: kind.default_target for name, kind in KINDS.items()}
+
+# Examples per property of a default run. Every catalogued mutant fails a property within its first 40 examples at
+# this budget (docs/mutants.md, `python -m refimpl.mutants` records it), so 100 keeps the catalog's power with room to
+# spare; the test suite's ci profile draws 150, `--max-examples` and the thorough profile more.
+DEFAULT_MAX_EXAMPLES = 100
 
 
 
@@ -69,6 +75,7 @@ class Report:
     max_examples: int
     seed: int | None
     outcomes: list[Outcome] = field(default_factory=list)
+    shards: list = field(default_factory=list)  # "I/N" of each shard merged into this report
 
     @property
     def failed(self) -> list[Outcome]:
@@ -106,21 +113,75 @@ class Report:
 
     def json(self) -> str:
         return json.dumps({"targets": self.targets, "torch": torch.__version__, "max_examples": self.max_examples,
-                           "seed": self.seed, "counts": self.counts(),
+                           "seed": self.seed, "shards": self.shards, "counts": self.counts(),
                            "unchecked_extensions": {f"{k}={t}": e for (k, t), e in self.unchecked_extensions().items()},
                            "outcomes": [asdict(o) for o in self.outcomes]}, indent=2)
 
     def markdown(self) -> str:
         """One row per property x device x dtype: passed / failed (first line of the reason) / skipped (why);
         then the extensions each target did not opt into."""
-        lines = ["| kind | property | device | dtype | result |", "|---|---|---|---|---|"]
+        counts = self.counts()
+        lines = [f"**refimpl**: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+                 + (f" ({len(self.shards)} shards merged)" if len(self.shards) > 1 else ""), "",
+                 "| kind | property | device | dtype | examples | result |", "|---|---|---|---|---:|---|"]
         for o in self.outcomes:
-            why = f": {o.detail.splitlines()[0]}" if o.status != "passed" and o.detail else ""
-            lines.append(f"| {o.kind} | {o.property} | {o.device} | {o.dtype} | {o.status}{why} |")
+            why = f": {_cell(o.detail.splitlines()[0])}" if o.status != "passed" and o.detail else ""
+            lines.append(f"| {o.kind} | {o.property} | {o.device} | {o.dtype} | {o.examples} | {o.status}{why} |")
+        for o in self.failed:
+            lines += ["", f"<details><summary>{o.kind} {o.property} {o.device} {o.dtype}: replay</summary>", "",
+                      f"```\n{o.replay}\n```", "</details>"]
         extensions = self.extension_lines()
         if extensions:
             lines += [""] + extensions
         return "\n".join(lines) + "\n"
+
+
+def report_from_outcomes(outcomes, *, shard: str | None = None) -> Report:
+    """A ``Report`` from outcome dicts (the pytest plugin's record of each test, or a JSON report's
+    ``outcomes``)."""
+    fields = set(Outcome.__dataclass_fields__)
+    rows = [Outcome(**{k: v for k, v in o.items() if k in fields}) for o in outcomes]
+    targets = {}
+    for o in rows:
+        targets.setdefault(o.kind, o.target)
+    report = Report(targets, max((o.examples for o in rows), default=0), None, rows)
+    report.shards = [shard] if shard else []
+    return report
+
+
+_SEVERITY = {"failed": 2, "passed": 1, "skipped": 0}
+
+
+def merge_reports(reports: list[dict]) -> Report:
+    """One verdict from the JSON reports of n shards (or any runs) of the same suite: per kind x target x
+    property x device x dtype, failed if any shard failed (every failure kept, with its replay command), else
+    passed if any shard checked it, else skipped; examples and seconds add up."""
+    merged: dict = {}
+    shards = []
+    for data in reports:
+        shards += data.get("shards", [])
+        for o in data["outcomes"]:
+            key = (o["kind"], o["target"], o["property"], o["device"], o["dtype"])
+            if key not in merged:
+                merged[key] = dict(o)
+                continue
+            into = merged[key]
+            if _SEVERITY[o["status"]] > _SEVERITY[into["status"]]:
+                into.update(status=o["status"], detail=o["detail"], replay=o["replay"])
+            elif o["status"] == "failed":
+                into["detail"] += "\n\n" + o["detail"]
+            for count in ("examples", "examples_skipped", "seconds"):
+                into[count] = round(into.get(count, 0) + o.get(count, 0), 3)
+            into["missing_modes"] = sorted(set(into.get("missing_modes", [])) | set(o.get("missing_modes", [])))
+    report = report_from_outcomes(list(merged.values()))
+    report.shards = shards
+    return report
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """One Markdown table cell: no pipes, bounded length (GitHub's step summary holds 1 MiB)."""
+    text = text.replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_protocol(impl) -> None:
@@ -133,10 +194,13 @@ def check_protocol(impl) -> None:
 
 def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "float32", "float16", "bfloat16"),
            max_examples: int | None = None, seed: int | None = None, properties=(), fail_fast: bool = False,
-           log: Callable[[str], None] | None = None, settings=None) -> Report:
+           log: Callable[[str], None] | None = None, settings=None, jobs: int = 1) -> Report:
     """Run every property of each target's kind. ``targets``: ``{kind: "module:attr"}`` (or an
     ``Implementation``); default ``DEFAULT_TARGETS``. ``devices``: default every device present. ``fail_fast``:
     stop a target at its first failing property. ``log``: called with one line per outcome (e.g. ``print``).
+    ``jobs``: properties run in that many worker processes (one CPU thread each), the outcomes reported in the
+    same order and with the same examples as one process gives; targets given as ``"module:attr"`` only (an
+    ``Implementation`` object, ``fail_fast`` or ``settings`` run in this process).
     Raises ``ProtocolError`` for a target that cannot be imported or does not follow the protocol, ``ValueError``
     for bad arguments."""
     if os.getcwd() not in sys.path:  # the contract: MODULE is importable from the current directory
@@ -152,10 +216,11 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
     if unknown:
         raise ValueError(f"unknown dtype(s) {unknown}; expected a subset of {list(DTYPES)}")
     base = settings or hypothesis.settings.get_profile("ci")
-    run_settings = hypothesis.settings(base, max_examples=max_examples or base.max_examples,
-                                       derandomize=seed is None, print_blob=False)
+    run_settings = hypothesis.settings(base, max_examples=max_examples or (
+        base.max_examples if settings else DEFAULT_MAX_EXAMPLES), derandomize=seed is None, print_blob=False)
     report = Report({k: getattr(t, "name", t) for k, t in targets.items()}, run_settings.max_examples, seed)
 
+    work = []  # (kind, target, impl, property, device, dtype) in report order
     for kind, target in targets.items():
         if isinstance(target, Implementation):
             impl = target
@@ -169,16 +234,49 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
             impl.capabilities  # noqa: B018  (a malformed declaration is a protocol error)
         except (ProtocolError, ValueError) as exc:
             raise ProtocolError(f"target {kind}={impl.name} does not follow the {kind} protocol: {exc}") from None
-        for prop, device, dtype in property_grid(kind, devices, dtypes):
-            if properties and prop.name not in properties:
-                continue
-            outcome = _run_one(prop, impl, device, dtype, run_settings, seed)
-            report.outcomes.append(outcome)
-            if log:
-                _log_outcome(log, outcome)
-            if fail_fast and outcome.status == "failed":
-                break
+        work += [(kind, target, impl, prop, device, dtype)
+                 for prop, device, dtype in property_grid(kind, devices, dtypes)
+                 if not properties or prop.name in properties]
+    parallel = jobs > 1 and len(work) > 1 and not fail_fast and settings is None and all(
+        isinstance(t, str) for t in targets.values())
+    outcomes = (_run_in_workers(work, jobs, max_examples, seed) if parallel
+                else (_run_one(prop, impl, device, dtype, run_settings, seed)
+                      for _, _, impl, prop, device, dtype in work))
+    for outcome in outcomes:
+        report.outcomes.append(outcome)
+        if log:
+            _log_outcome(log, outcome)
+        if fail_fast and outcome.status == "failed":
+            break
     return report
+
+
+def _run_in_workers(work, jobs: int, max_examples, seed):
+    """Outcomes of ``work`` computed by ``jobs`` spawned processes, yielded in ``work``'s order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_setup, initargs=(os.getcwd(),)) as pool:
+        futures = [pool.submit(_worker_run, kind, target, prop.name, device, dtype, max_examples, seed)
+                   for kind, target, _, prop, device, dtype in work]
+        for future in futures:
+            yield future.result()
+
+
+def _worker_setup(cwd: str) -> None:
+    torch.set_num_threads(1)  # the workers share the cores
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _worker_run(kind, target, prop_name, device, dtype, max_examples, seed) -> Outcome:
+    """One property in a worker: the same settings and seed as ``verify`` uses in one process."""
+    base = hypothesis.settings.get_profile("ci")
+    run_settings = hypothesis.settings(base, max_examples=max_examples or DEFAULT_MAX_EXAMPLES,
+                                       derandomize=seed is None, print_blob=False)
+    (prop,) = [p for p in properties_for(kind) if p.name == prop_name]
+    return _run_one(prop, load_implementation(kind, target), device, dtype, run_settings, seed)
 
 
 def _run_one(prop, impl, device, dtype, run_settings, seed) -> Outcome:
@@ -199,8 +297,22 @@ def _run_one(prop, impl, device, dtype, run_settings, seed) -> Outcome:
     except Exception as exc:  # any failure of the target is a verdict, reported in full
         notes = "\n".join(getattr(exc, "__notes__", []))
         status, detail = "failed", f"{type(exc).__name__}: {exc}\n{notes}".strip()
+        # the drawn case that first failed (Hypothesis then shrank it): how many examples the bug needed
+        examples = {**examples, "run": _examples_to_failure(exc, examples["run"])}
     return Outcome(impl.kind, impl.name, prop.name, device, dtype, status, round(time.perf_counter() - start, 3),
                    detail, replay, examples["run"], examples["skipped"], sorted(examples["missing_modes"]))
+
+
+def _examples_to_failure(exc: BaseException, default: int) -> int:
+    """The examples a property drew up to its first failing one (``run_property`` marks the exception; Hypothesis
+    may wrap it, e.g. in a FlakyFailure group when a rerun passed)."""
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if hasattr(current, "refimpl_examples_to_failure"):
+            return current.refimpl_examples_to_failure
+        pending += list(getattr(current, "exceptions", ())) + [c for c in (current.__cause__, current.__context__) if c]
+    return default
 
 
 def _log_outcome(log, o: Outcome) -> None:

@@ -16,8 +16,10 @@ import numpy as np
 
 from refimpl import _validate as validate
 from refimpl import reference
+from refimpl.reference.window_attention_v2 import CPB_BOUND, window_attention_v2_stages
 
-__all__ = ["window_attention_vjp_magnitudes", "shifted_window_attention_vjp_magnitudes"]
+__all__ = ["window_attention_vjp_magnitudes", "shifted_window_attention_vjp_magnitudes",
+           "window_attention_v2_vjp_magnitudes"]
 
 
 def window_attention_vjp_magnitudes(
@@ -86,3 +88,57 @@ def shifted_window_attention_vjp_magnitudes(
     map_sizes = reference.window_reverse(sizes["x"].reshape(-1, ws, ws, channels), ws, H, W)
     sizes["x"] = np.roll(map_sizes, (s, s), axis=(1, 2))
     return sizes
+
+
+def window_attention_v2_vjp_magnitudes(
+    x, params: Mapping, *, num_heads: int, window_size, pretrained_window_size=(0, 0), mask=None, grad_out
+) -> dict[str, np.ndarray]:
+    """The cancellation-free size of each gradient of ``reference.window_attention_v2_vjp`` (same arguments, keys
+    and shapes), following its steps with absolute values. The normalization's gradient ``(g - q̂ <q̂, g>) / |q|``
+    cancels exactly for one channel per head, and nearly for short vectors: its size is ``(|g| + |q̂| <|q̂|, |g|>) /
+    |q|``, which is what rounding noise scales with."""
+    st = window_attention_v2_stages(x, params, num_heads=num_heads, window_size=window_size,
+                                       pretrained_window_size=pretrained_window_size, mask=mask)
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    n_rows, n_tokens, channels = x.shape
+    head_dim = channels // num_heads
+    g_out = np.abs(np.asarray(grad_out, dtype=np.float64))
+    w_proj = np.abs(np.asarray(params["proj.weight"], dtype=np.float64))
+    w_qkv = np.abs(np.asarray(params["qkv.weight"], dtype=np.float64))
+    w2 = np.abs(np.asarray(params["cpb_mlp.2.weight"], dtype=np.float64))
+    q_hat, k_hat, val, cosine = np.abs(st.q_hat), np.abs(st.k_hat), np.abs(st.v), np.abs(st.cosine)
+
+    g_context = np.einsum("bno,oc->bnc", g_out, w_proj).reshape(n_rows, n_tokens, num_heads, head_dim)
+    g_probs = np.einsum("bihe,bhje->bhij", g_context, val)
+    g_v = np.einsum("bhij,bihe->bhje", st.probs, g_context)
+    g_logits = st.probs * (g_probs + np.sum(st.probs * g_probs, axis=-1, keepdims=True))
+    g_cosine = st.scale[None, :, None, None] * g_logits
+    g_q_hat = np.einsum("bhij,bhje->bhie", g_cosine, k_hat)
+    g_k_hat = np.einsum("bhij,bhie->bhje", g_cosine, q_hat)
+
+    def through_normalize(t_hat, norm, g):
+        return (g + t_hat * np.einsum("...e,...e->...", t_hat, g)[..., None]) / norm
+
+    g_q, g_k = through_normalize(q_hat, st.q_norm, g_q_hat), through_normalize(k_hat, st.k_norm, g_k_hat)
+    g_qkv = np.stack([np.einsum("bhne->bnhe", g) for g in (g_q, g_k, g_v)], axis=2).reshape(n_rows, n_tokens, -1)
+    g_qkv_bias = g_qkv.sum(axis=(0, 1))
+
+    cpb = st.cpb
+    sig = cpb.bias / CPB_BOUND
+    g_pre_sigmoid = g_logits.sum(axis=0) * CPB_BOUND * sig * (1.0 - sig)
+    g_table = np.zeros(cpb.table.shape)
+    np.add.at(g_table, cpb.index.reshape(-1), g_pre_sigmoid.reshape(num_heads, -1).T)
+    g_hidden_pre = np.einsum("mh,ho->mo", g_table, w2) * (cpb.hidden_pre > 0)
+    sizes = {
+        "x": np.einsum("bno,oc->bnc", g_qkv, w_qkv),
+        "qkv.weight": np.einsum("bno,bnc->oc", g_qkv, x),
+        "q_bias": g_qkv_bias[:channels],
+        "v_bias": g_qkv_bias[2 * channels:],
+        "proj.weight": np.einsum("bno,bnc->oc", g_out, np.abs(st.context)),
+        "proj.bias": g_out.sum(axis=(0, 1)),
+        "logit_scale": (st.scale * np.einsum("bhij,bhij->h", g_logits, cosine)).reshape(num_heads, 1, 1),
+        "cpb_mlp.2.weight": np.einsum("mh,mo->ho", g_table, cpb.hidden),
+        "cpb_mlp.0.weight": np.einsum("mo,mi->oi", g_hidden_pre, np.abs(cpb.coords)),
+        "cpb_mlp.0.bias": g_hidden_pre.sum(axis=0),
+    }
+    return {key: sizes[key] if key in sizes else np.zeros(np.shape(params[key])) for key in ["x", *params]}

@@ -7,6 +7,10 @@
     refimpl verify --target window_attention=refimpl.peers:HFDonutSwinAttention     (transformers' 4.x-style layout)
     refimpl verify --target window_attention=refimpl.peers:MMPretrainWindowMSA
     refimpl verify --target window_attention=refimpl.peers:MMAction2WindowAttention3D
+    refimpl verify --target window_attention_v2=refimpl.peers:TimmWindowAttentionV2            (Swin V2, below)
+    refimpl verify --target window_attention_v2=refimpl.peers:TorchvisionShiftedWindowAttentionV2
+    refimpl verify --target window_attention_v2=refimpl.peers:HFSwinv2Attention
+    refimpl verify --target window_attention_v2=refimpl.peers:MMPretrainWindowMSAV2
 
 Their constructors, state dicts and forwards differ from AIM's; the adapters translate them and declare what each
 lacks (``refimpl_capabilities``), so those properties are reported as skips, not failures. Every adapter computes
@@ -21,6 +25,9 @@ constraints.txt = ``torch==<your version>``; an unpinned install replaces torch)
 torchvision's CUDA-linked extension does not load and ``import torchvision`` fails on its fake-op registrations;
 ``_import_torchvision`` defines the two operator schemas it expects first (its C ops stay unusable; the Swin code is
 pure PyTorch). transformers and mmpretrain import torchvision when it is installed, so they get the shim too.
+
+The Swin V2 adapters (``V2_ADAPTERS``, ``V2_RECORDS``) put the peers' V2 window attention behind microsoft's
+protocol (kind ``window_attention_v2``) the same way, and their verdicts have a table of their own.
 
 ``python -m refimpl.peers verify`` writes ``docs/peer-NAME.json`` for every installed peer and ``python -m
 refimpl.peers markdown docs/peers.md`` renders their verdicts into the table of docs/peers.md.
@@ -43,7 +50,11 @@ import torch
 # the adapters, built on first access (the module's __getattr__): each peer is an optional dependency
 _LAZY = ("TimmWindowAttention", "TorchvisionWindowAttention", "HFSwinAttentionEager", "HFSwinAttentionSdpa",
          "HFSwinAttentionEagerAllDtypes", "HFDonutSwinAttention", "MMPretrainWindowMSA", "MMAction2WindowAttention3D")
-__all__ = ["ADAPTERS", "RECORDS", "not_installed", "render_table", "update_markdown", "write_reports"]
+# Swin V2 (kind window_attention_v2, microsoft's protocol)
+_LAZY += ("TimmWindowAttentionV2", "TorchvisionShiftedWindowAttentionV2", "HFSwinv2Attention",
+          "HFSwinv2AttentionWithMasks", "MMPretrainWindowMSAV2")
+__all__ = ["ADAPTERS", "RECORDS", "V2_ADAPTERS", "V2_RECORDS", "not_installed", "render_table", "update_markdown",
+           "write_reports"]
 __all__ += _LAZY
 
 _SHIM = []  # keeps the torch.library.Library alive
@@ -82,14 +93,24 @@ ADAPTERS = {
 # reports kept as the record of a peer's real difference, next to the adapter that declares it away: the peer name
 # it sits after in the docs table, (peer, adapter attribute)
 RECORDS = {"transformers-eager-all-dtypes": ("transformers-eager", ("transformers", "HFSwinAttentionEagerAllDtypes"))}
+# Swin V2 window attention (kind window_attention_v2): the same two dicts, reports in their own table of docs/peers.md
+V2_ADAPTERS = {
+    "timm-v2": ("timm", "TimmWindowAttentionV2"),
+    "torchvision-v2": ("torchvision", "TorchvisionShiftedWindowAttentionV2"),
+    "transformers-v2": ("transformers", "HFSwinv2Attention"),
+    "mmpretrain-v2": ("mmpretrain", "MMPretrainWindowMSAV2"),
+}
+V2_RECORDS = {"transformers-v2-masks": ("transformers-v2", ("transformers", "HFSwinv2AttentionWithMasks"))}
+KIND_OF = {name: "window_attention_v2" for name in (*V2_ADAPTERS, *V2_RECORDS)}  # others: window_attention
 
 
 def _reports() -> dict[str, tuple[str, str]]:
     """Every report name -> (peer, adapter attribute), in the order of the docs table."""
     ordered = {}
-    for name, entry in ADAPTERS.items():
-        ordered[name] = entry
-        ordered.update({record: e for record, (after, e) in RECORDS.items() if after == name})
+    for adapters, records in ((ADAPTERS, RECORDS), (V2_ADAPTERS, V2_RECORDS)):
+        for name, entry in adapters.items():
+            ordered[name] = entry
+            ordered.update({record: e for record, (after, e) in records.items() if after == name})
     return ordered
 
 
@@ -479,7 +500,205 @@ def _mmaction2_class():
     return MMAction2WindowAttention3D
 
 
+# ---- Swin V2 (kind window_attention_v2): microsoft's constructor, keys and forward(x, mask=None) ----
+
+@functools.cache
+def _timm_v2_class():
+    _require("timm")
+    _import_torchvision()
+    from timm.models.swin_transformer_v2 import WindowAttention as TimmAttentionV2
+
+    class TimmWindowAttentionV2(TimmAttentionV2):
+        """timm's Swin V2 ``WindowAttention(dim, window_size, num_heads, qkv_bias, qkv_bias_separate, attn_drop,
+        proj_drop, pretrained_window_size)`` (timm/models/swin_transformer_v2.py) with microsoft's constructor: the
+        same parameter keys, so the module is the peer itself. Its ``k_bias`` (zeros), ``relative_coords_table`` and
+        ``relative_position_index`` are non-persistent buffers (microsoft's two are persistent): a microsoft
+        checkpoint loads with ``strict=False`` only. Its clamp bound is float64 ``ln 100``. Declares microsoft's
+        whole protocol."""
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0,
+                     pretrained_window_size=(0, 0)):
+            super().__init__(dim, _window(window_size), num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                             proj_drop=proj_drop, pretrained_window_size=_window(pretrained_window_size))
+
+    return TimmWindowAttentionV2
+
+
+@functools.cache
+def _mmpretrain_v2_class():
+    _require("mmpretrain")
+    _import_torchvision()
+    from mmpretrain.models.utils.attention import WindowMSAV2
+
+    class MMPretrainWindowMSAV2(WindowMSAV2):
+        """mmpretrain's ``WindowMSAV2(embed_dims, window_size, num_heads, qkv_bias, attn_drop, proj_drop,
+        cpb_mlp_hidden_dims=512, pretrained_window_size)`` (mmpretrain/models/utils/attention.py) with microsoft's
+        constructor: microsoft's keys, persistent buffers included, so the module is the peer itself. Declares
+        microsoft's whole protocol."""
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0,
+                     pretrained_window_size=(0, 0)):
+            super().__init__(dim, _window(window_size), num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                             proj_drop=proj_drop, pretrained_window_size=_window(pretrained_window_size))
+
+    return MMPretrainWindowMSAV2
+
+
+class _BoundPeerV2(_BoundPeer):
+    """microsoft's Swin V2 parameters (``logit_scale``, ``q_bias``/``v_bias``, ``qkv.weight``, ``proj``,
+    ``cpb_mlp``), computed with a peer module whose parameters have other names or layout, bound through
+    ``torch.func.functional_call`` as ``_BoundPeer`` does for V1. Subclasses set the peer, register its own
+    coordinate and index buffers, and define ``_bindings``."""
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias):
+        torch.nn.Module.__init__(self)
+        wh, ww = _window(window_size)
+        self.dim, self.num_heads, self.window_size = dim, num_heads, (wh, ww)
+        self.logit_scale = torch.nn.Parameter(torch.log(10 * torch.ones((num_heads, 1, 1))))
+        self.cpb_mlp = torch.nn.Sequential(torch.nn.Linear(2, 512, bias=True), torch.nn.ReLU(inplace=True),
+                                           torch.nn.Linear(512, num_heads, bias=False))
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = torch.nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = torch.nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def _register_peer_buffers(self, coords: torch.Tensor, index: torch.Tensor, persistent: bool) -> None:
+        self.register_buffer("relative_coords_table", coords, persistent=persistent)
+        self.register_buffer("relative_position_index", index, persistent=persistent)
+
+    def _common_bindings(self, mlp: str) -> dict[str, torch.Tensor]:
+        return {"logit_scale": self.logit_scale, f"{mlp}.0.weight": self.cpb_mlp[0].weight,
+                f"{mlp}.0.bias": self.cpb_mlp[0].bias, f"{mlp}.2.weight": self.cpb_mlp[2].weight}
+
+    def forward(self, x, mask=None):
+        raise NotImplementedError
+
+
+def _no_pretrained_window(peer: str, pretrained_window_size) -> None:
+    if tuple(_window(pretrained_window_size)) != (0, 0):
+        raise ValueError(f"{peer} has no pretrained_window_size; got {pretrained_window_size}")
+
+
+@functools.cache
+def _torchvision_v2_class():
+    _require("torchvision")
+    _import_torchvision()
+    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
+
+    class TorchvisionShiftedWindowAttentionV2(_BoundPeerV2):
+        """torchvision's map-level ``ShiftedWindowAttentionV2(dim, window_size, shift_size, num_heads, qkv_bias,
+        proj_bias, attention_dropout, dropout)`` behind microsoft's protocol, each row ``(N, C)`` run as a one-window
+        ``(Wh, Ww)`` map with shift 0 (plain window attention; its shift mask is built inside the map-level
+        function, so no masks can be passed).
+
+        * Parameters: torchvision has one fused ``qkv.bias`` (3C) whose k third it zeroes in every forward; it is
+          bound to ``cat(q_bias, 0, v_bias)``. ``logit_scale``, ``cpb_mlp``, ``qkv.weight``, ``proj`` are bound to
+          microsoft's.
+        * Buffers: torchvision's own, persistent; its ``relative_position_index`` is flat ``(N*N,)`` (the harness
+          compares it flat).
+        * No ``pretrained_window_size`` argument: mode ``pretrained_window`` is not declared, and a pretrained
+          window other than (0, 0) is refused. No masks (see above).
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["training", "gradients"]}
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0,
+                     pretrained_window_size=(0, 0)):
+            _no_pretrained_window("torchvision's ShiftedWindowAttentionV2", pretrained_window_size)
+            super().__init__(dim, window_size, num_heads, qkv_bias)
+            self._set_peer(ShiftedWindowAttentionV2(dim, list(self.window_size), [0, 0], num_heads,
+                                                    qkv_bias=qkv_bias, attention_dropout=attn_drop,
+                                                    dropout=proj_drop))
+            self._register_peer_buffers(self.peer.relative_coords_table, self.peer.relative_position_index, True)
+
+        def _bindings(self):
+            bindings = {**self._common_bindings("cpb_mlp"), "qkv.weight": self.qkv.weight,
+                        "proj.weight": self.proj.weight, "proj.bias": self.proj.bias,
+                        "relative_coords_table": self.relative_coords_table,
+                        "relative_position_index": self.relative_position_index}
+            if self.q_bias is not None:
+                bindings["qkv.bias"] = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+            return bindings
+
+        def forward(self, x, mask=None):
+            if mask is not None:
+                raise NotImplementedError("torchvision's ShiftedWindowAttentionV2 takes no window mask")
+            rows, n, c = x.shape
+            self.peer.train(self.training)
+            out = torch.func.functional_call(self.peer, self._bindings(), (x.reshape(rows, *self.window_size, c),),
+                                             strict=True)
+            return out.reshape(rows, n, c)
+
+    return TorchvisionShiftedWindowAttentionV2
+
+
+@functools.cache
+def _transformers_v2_classes():
+    _require("transformers")
+    _shim_torchvision_if_installed()
+    from transformers import Swinv2Config
+    from transformers.models.swinv2.modeling_swinv2 import Swinv2Attention
+
+    class HFSwinv2Attention(_BoundPeerV2):
+        """transformers' ``Swinv2Attention(config, dim, num_heads, window_size, pretrained_window_size)``
+        (modeling_swinv2.py) behind microsoft's protocol.
+
+        * Parameters: ``self.query`` (with ``q_bias``), ``self.key`` (no bias), ``self.value`` (with ``v_bias``) are
+          bound to the row blocks of microsoft's ``qkv.weight``; ``self.logit_scale`` and
+          ``self.continuous_position_bias_mlp`` to ``logit_scale`` and ``cpb_mlp``; ``output.dense`` to ``proj``.
+        * Buffers: HF's own, non-persistent (a microsoft checkpoint loads with ``strict=False`` only).
+        * Masks: HF adds the window mask **twice** (``scores.view(...) + mask``, then ``+ mask`` again), so Swin's
+          -100 acts as -200: where the cosine logits put a masked key more than 100 above the others, microsoft's
+          -100 lets it through and HF's -200 does not. Mode ``masks`` is therefore not declared here;
+          ``HFSwinv2AttentionWithMasks`` declares it and records the failures.
+        * Dropout: HF's ``Swinv2SelfOutput`` drops with ``attention_probs_dropout_prob`` too; the adapter sets its
+          ``p`` to ``proj_drop`` (the peer's own ``nn.Dropout``).
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["pretrained_window", "training", "gradients"]}
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0,
+                     pretrained_window_size=(0, 0)):
+            super().__init__(dim, window_size, num_heads, qkv_bias)
+            config = Swinv2Config(qkv_bias=bool(qkv_bias), attention_probs_dropout_prob=attn_drop)
+            self._set_peer(Swinv2Attention(config, dim, num_heads, window_size=self.window_size,
+                                           pretrained_window_size=_window(pretrained_window_size)))
+            self.peer.output.dropout.p = proj_drop
+            self._register_peer_buffers(self.peer.self.relative_coords_table,
+                                        self.peer.self.relative_position_index, False)
+
+        def _bindings(self):
+            c = self.dim
+            bindings = {f"self.{k}": t for k, t in self._common_bindings("continuous_position_bias_mlp").items()}
+            bindings.update({"self.query.weight": self.qkv.weight[:c], "self.key.weight": self.qkv.weight[c:2 * c],
+                             "self.value.weight": self.qkv.weight[2 * c:], "output.dense.weight": self.proj.weight,
+                             "output.dense.bias": self.proj.bias,
+                             "self.relative_coords_table": self.relative_coords_table,
+                             "self.relative_position_index": self.relative_position_index})
+            if self.q_bias is not None:
+                bindings["self.query.bias"], bindings["self.value.bias"] = self.q_bias, self.v_bias
+            return bindings
+
+        def forward(self, x, mask=None):
+            return self._call(x, mask)[0]  # (output,) (+ attention probabilities when asked for)
+
+    class HFSwinv2AttentionWithMasks(HFSwinv2Attention):
+        __doc__ = HFSwinv2Attention.__doc__ + """
+        This one declares mode ``masks`` as well: the record of HF's doubled mask under the window-mask
+        properties.
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["masks", "pretrained_window", "training", "gradients"]}
+
+    return HFSwinv2Attention, HFSwinv2AttentionWithMasks
+
+
 _BUILDERS = {
+    "TimmWindowAttentionV2": _timm_v2_class,
+    "TorchvisionShiftedWindowAttentionV2": _torchvision_v2_class,
+    "HFSwinv2Attention": lambda: _transformers_v2_classes()[0],
+    "HFSwinv2AttentionWithMasks": lambda: _transformers_v2_classes()[1],
+    "MMPretrainWindowMSAV2": _mmpretrain_v2_class,
     "TimmWindowAttention": _timm_class,
     "TorchvisionWindowAttention": _torchvision_class,
     "HFSwinAttentionEager": lambda: _transformers_swin()[0],
@@ -525,7 +744,8 @@ def write_reports(names=(), *, max_examples: int | None = None, out: Path = DOCS
         if reason:
             log(f"{name}: skipped, {reason}")
             continue
-        report = verify({"window_attention": f"refimpl.peers:{attr}"}, devices=["cpu"], max_examples=max_examples)
+        kind = KIND_OF.get(name, "window_attention")
+        report = verify({kind: f"refimpl.peers:{attr}"}, devices=["cpu"], max_examples=max_examples)
         data = json.loads(report.json())
         data["peer"] = {"name": peer, "adapter": f"refimpl.peers:{attr}", "versions": _versions(peer)}
         (out / f"peer-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -571,11 +791,11 @@ def _cell(outcomes: list[dict]) -> str:
     return "; ".join(parts).replace("|", "\\|")
 
 
-def render_table(reports: Path = DOCS) -> str:
-    """The Markdown table property x peer from ``reports/peer-NAME.json`` (the names of ``ADAPTERS`` and
-    ``RECORDS`` found there)."""
+def render_table(reports: Path = DOCS, kind: str = "window_attention") -> str:
+    """The Markdown table property x peer of ``kind`` from ``reports/peer-NAME.json`` (the names of ``ADAPTERS``
+    and ``RECORDS``, or of ``V2_ADAPTERS`` and ``V2_RECORDS``, found there)."""
     loaded = {name: json.loads((reports / f"peer-{name}.json").read_text()) for name in _reports()
-              if (reports / f"peer-{name}.json").exists()}
+              if KIND_OF.get(name, "window_attention") == kind and (reports / f"peer-{name}.json").exists()}
     properties = list(dict.fromkeys(o["property"] for data in loaded.values() for o in data["outcomes"]))
     header = []
     for name, data in loaded.items():
@@ -591,11 +811,21 @@ def render_table(reports: Path = DOCS) -> str:
     return "\n".join(lines) + "\n"
 
 
+V2_TABLE_START = "<!-- peers-table window_attention_v2: start (python -m refimpl.peers markdown) -->"
+V2_TABLE_END = "<!-- peers-table window_attention_v2: end -->"
+
+
 def update_markdown(path: Path) -> None:
-    """Replace the table between the ``TABLE_START`` and ``TABLE_END`` markers of ``path`` by ``render_table()``."""
+    """Replace the table between the ``TABLE_START`` and ``TABLE_END`` markers of ``path`` by ``render_table()``,
+    and the Swin V2 table between ``V2_TABLE_START`` and ``V2_TABLE_END`` (when the page has those markers)."""
     text = path.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    path.write_text(text[:start] + "\n" + render_table(path.parent) + text[end:])
+    for first, last, kind in ((TABLE_START, TABLE_END, "window_attention"),
+                              (V2_TABLE_START, V2_TABLE_END, "window_attention_v2")):
+        if first not in text:
+            continue
+        start, end = text.index(first) + len(first), text.index(last)
+        text = text[:start] + "\n" + render_table(path.parent, kind) + text[end:]
+    path.write_text(text)
 
 
 def main(argv=None) -> int:

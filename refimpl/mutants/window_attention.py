@@ -64,8 +64,12 @@ class SnippetWindowAttention(WindowAttention):
         if dead is not None:
             attn = attn.view(-1, dead.shape[0], *attn.shape[1:]).masked_fill(dead[None, :, None, :, None], 0.0)
             attn = attn.view(-1, *attn.shape[2:])
-        context = self.attn_drop(attn) @ v
+        context = self.drop_attention(attn) @ v
         return self.proj_drop(self.proj(self.merge_heads(context)))
+
+    def drop_attention(self, attn):
+        """Attention dropout on the probabilities (inverted: kept values scaled by 1/(1-p))."""
+        return self.attn_drop(attn)
 
 
 def _replace_buffer(module, name, value):
@@ -180,6 +184,29 @@ class DropoutInEvalMode(SnippetWindowAttention):
         return super().forward(x, mask, temporal)
 
 
+class DropoutWithoutRescale(SnippetWindowAttention):
+    def drop_attention(self, attn):  # a hand-written dropout: zeroes with probability p, forgets the 1/(1-p)
+        p = self.attn_drop.p
+        if not self.training or p == 0:
+            return attn
+        return attn * (torch.rand_like(attn) >= p)
+
+
+class MaskEditedInPlace(SnippetWindowAttention):
+    def forward(self, x, mask=None, temporal=False):
+        if mask is not None and mask.is_floating_point() and not temporal:
+            with torch.no_grad():  # "-100 does not mask reliably": turned into -inf in the caller's tensor
+                mask.masked_fill_(mask < 0, float("-inf"))
+        return super().forward(x, mask, temporal)
+
+
+class StridesIgnored(SnippetWindowAttention):
+    def forward(self, x, mask=None, temporal=False):
+        # a raw-pointer kernel: reads x's storage as if x were contiguous
+        x = x.as_strided(x.shape, torch.empty(x.shape, device="meta").stride())
+        return super().forward(x, mask, temporal)
+
+
 class ProjBiasDropped(SnippetWindowAttention):
     def forward(self, x, mask=None, temporal=False):
         return super().forward(x, mask, temporal) - self.proj.bias
@@ -230,6 +257,13 @@ CATALOG = [
            TemporalTableForFourFrames, "long clips, T > 4"),
     Mutant("window_attention", "dropout_in_eval_mode", "attention dropout stays on in eval mode",
            DropoutInEvalMode, "non-zero attn_drop"),
+    Mutant("window_attention", "dropout_without_rescale",
+           "train-mode attention dropout zeroes weights without the 1/(1-p) rescale", DropoutWithoutRescale,
+           "non-zero attn_drop in train mode"),
+    Mutant("window_attention", "mask_edited_in_place", "the caller's -100 mask is turned into -inf in place",
+           MaskEditedInPlace, "spatial calls with a -100 mask"),
+    Mutant("window_attention", "strides_ignored", "x's storage read as if x were contiguous", StridesIgnored,
+           "non-contiguous x"),
     Mutant("window_attention", "proj_bias_dropped", "the output projection's bias is not added", ProjBiasDropped),
     Mutant("window_attention", "fully_masked_rows_nan", "rows with no allowed key give NaN (eager softmax of -inf)",
            FullyMaskedRowsNaN, "-inf / boolean masks with fully masked rows"),

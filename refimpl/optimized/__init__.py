@@ -9,9 +9,11 @@ from refimpl.optimized.shifted_window import (
 )
 from refimpl.optimized.temporal_model import TemporalModel, TemporalModelStream
 from refimpl.optimized.window_attention import WindowAttention, relative_position_index, temporal_relative_index
+from refimpl.optimized.window_attention_v2 import WindowAttentionV2
 
 __all__ = [
     "WindowAttention",
+    "WindowAttentionV2",
     "relative_position_index",
     "temporal_relative_index",
     "window_partition",

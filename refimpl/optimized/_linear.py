@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils import flop_counter
 
+from refimpl.optimized._compiling import is_compiling
+
 __all__ = ["linear", "onednn_linear_available"]
 
 
@@ -75,6 +77,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         or (bias is not None and bias.dtype != torch.float32)
         or x.numel() == 0
         or not onednn_linear_available()
+        or is_compiling()  # inductor emits its own oneDNN linear where the weight is a constant (freezing)
     ):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # a view when x is contiguous, else one copy (as F.linear would make)

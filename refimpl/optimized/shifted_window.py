@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 
 from refimpl import _validate as validate
+from refimpl.optimized._compiling import is_compiling
 
 __all__ = ["window_partition", "window_reverse", "shifted_window_mask", "shifted_window_attention"]
 
@@ -81,6 +82,8 @@ def shifted_window_mask(
     if not (dtype == torch.bool or dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating dtype (additive mask) or torch.bool (may-attend), got {dtype}")
     device = torch.device("cpu") if device is None else torch.device(device)
+    if is_compiling():  # a constant of the graph: inductor folds it; the cache is for eager calls
+        return _build_mask(H, W, ws, s, fill, device, dtype)
     key = (H, W, ws, s, fill if dtype != torch.bool else None, device, dtype)
     hit = _MASK_CACHE.get(key)
     if hit is not None and hit[0]._version == hit[1]:
@@ -121,16 +124,21 @@ def _window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor
     ``window_partition(roll(x, -s))``, and ``scatter`` is its inverse. One ``index_select`` then does the roll and
     the partition (and one their reverse): several times faster than the two copies ``roll`` + ``permute`` make
     (docs/benchmarks.md). Cached; built as normal tensors (never modified)."""
+    if is_compiling():
+        return _build_window_order(H, W, ws, s, device)
     key = (H, W, ws, s, torch.device(device))
     hit = _ORDER_CACHE.get(key)
     if hit is not None:
         _ORDER_CACHE.move_to_end(key)
         return hit
     with torch.inference_mode(False):
-        rows = (torch.arange(H, device=device) + s) % H  # rolled row i reads map row (i + s) mod H
-        cols = (torch.arange(W, device=device) + s) % W
-        source = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) in the rolled frame
-        gather = window_partition(source, ws).reshape(-1)
-        scatter = torch.empty_like(gather)
-        scatter[gather] = torch.arange(H * W, device=device)
-    return _remember(_ORDER_CACHE, key, (gather, scatter))
+        return _remember(_ORDER_CACHE, key, _build_window_order(H, W, ws, s, device))
+
+
+def _build_window_order(H: int, W: int, ws: int, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uncached ``_window_order``."""
+    rows = (torch.arange(H, device=device) + s) % H  # rolled row i reads map row (i + s) mod H
+    cols = (torch.arange(W, device=device) + s) % W
+    source = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) in the rolled frame
+    gather = window_partition(source, ws).reshape(-1)
+    return gather, torch.argsort(gather)  # the inverse permutation

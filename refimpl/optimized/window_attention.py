@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refimpl import _validate as validate
+from refimpl.optimized._compiling import is_compiling
 from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
@@ -96,6 +97,14 @@ class WindowAttention(nn.Module):
 
     # What refimpl defines beyond AIM's protocol, checked by ``refimpl verify`` (``refimpl.suite``).
     refimpl_capabilities = {"extensions": ["boolean_masks", "fully_masked_rows"]}
+
+    # The attention core of an eager call: "auto" takes refimpl's Triton kernel
+    # (``refimpl.kernels.triton_window_attention``) on CUDA where ``refimpl.kernels.supports`` the call, no dropout
+    # acts and the window mask is not being learned, and SDPA (or matmul-softmax-matmul on CPU) otherwise; "sdpa"
+    # never takes the kernel; "triton" always does, or raises ValueError saying why it cannot (on CPU tensors it
+    # runs under Triton's interpreter: how the tests exercise this route without a GPU). Calls under
+    # torch.compile never take it. Set per instance: ``module.attention_backend = "sdpa"``.
+    attention_backend = "auto"
 
     _CACHE_SLOTS = 8  # spatial and temporal calls alternate in AIM blocks; a few batch sizes on top
 
@@ -211,6 +220,23 @@ class WindowAttention(nn.Module):
         copies = n_rows // n_windows
         return windows.repeat(copies, 1, 1, 1), None if keep is None else keep.repeat(copies, 1, 1, 1)
 
+    def _traceable_mask(self, temporal: bool, mask, dtype: torch.dtype):
+        """``_combined_mask(..., per_window=True)`` for ``torch.compile``: ``(1 | nW, nH, N, N)`` and the
+        ``(nW, 1, N, 1)`` row factor (None without a window mask), built on every call, without caches and without
+        reading values on the host (inductor folds it into the graph, and nothing breaks it). The factor is always
+        applied, so no branch depends on whether some row attends to nothing. The NaN/+inf check of the mask is
+        not run here: it reads the mask on the host; eager calls run it."""
+        bias = self._position_bias(temporal, dtype)
+        if mask is None:
+            return bias, None
+        if mask.dtype == torch.bool:
+            additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        else:
+            additive = mask.to(dtype)
+        attends_to_nothing = torch.isneginf(additive).all(dim=-1)[:, None, :, None]  # (nW, 1, N, 1)
+        additive = additive.unsqueeze(1).masked_fill(attends_to_nothing, 0.0)
+        return bias + additive, (~attends_to_nothing).to(dtype)
+
     def _cache_key(self, temporal: bool, mask, n_rows, dtype: torch.dtype):
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
         index = self.t_relative_coords if temporal else self.relative_position_index
@@ -311,11 +337,20 @@ class WindowAttention(nn.Module):
         qkv = linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.reshape(n_rows, n_tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, val = qkv.unbind(0)  # each (B_, nH, N, d), strided views: CPU flash takes them as they are
-        # On CPU, matmul-softmax-matmul (``_explicit_attention``, the mask per window) wherever it is the faster
-        # route; otherwise one SDPA call with the B_-expanded 4-D mask.
-        explicit = x.device.type == "cpu" and not _cpu_sdpa_is_faster(x.dtype, self._mask_needs_grad(temporal, mask))
-        attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype, per_window=explicit)
         dropout_p = self.attn_drop.p if self.training else 0.0
+        out = self._kernel_attention(q, k, val, mask, temporal, dropout_p)
+        if out is not None:
+            out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)
+            return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
+        if is_compiling():  # matmul-softmax-matmul with the per-window mask: inductor fuses it (docs/compile.md)
+            explicit = True
+            attn_mask, keep_rows = self._traceable_mask(temporal, mask, x.dtype)
+        else:
+            # On CPU, matmul-softmax-matmul (``_explicit_attention``, the mask per window) wherever it is the
+            # faster route; otherwise one SDPA call with the B_-expanded 4-D mask.
+            needs_grad = self._mask_needs_grad(temporal, mask)
+            explicit = x.device.type == "cpu" and not _cpu_sdpa_is_faster(x.dtype, needs_grad)
+            attn_mask, keep_rows = self._attention_inputs(x.shape, mask, temporal, dtype=x.dtype, per_window=explicit)
         if explicit:
             out = _explicit_attention(q, k, val, attn_mask, dropout_p, self.scale)
         else:
@@ -324,6 +359,43 @@ class WindowAttention(nn.Module):
             out = _per_row(out, keep_rows, torch.mul)
         out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)  # channels head-major, as upstream
         return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
+
+    def _takes_kernel(self, q, mask, dropout_p: float) -> bool:
+        """Whether this call's attention core is the Triton kernel, by ``attention_backend`` (shapes aside)."""
+        backend = self.attention_backend
+        if backend not in ("auto", "sdpa", "triton"):
+            raise ValueError(f"attention_backend must be 'auto', 'sdpa' or 'triton', got {backend!r}")
+        if backend == "sdpa" or is_compiling() or (backend == "auto" and q.device.type != "cuda"):
+            return False
+        blocked = ("dropout acts (train mode, attn_drop > 0)" if dropout_p
+                   else "the window mask requires grad" if mask is not None and mask.requires_grad else None)
+        if blocked and backend == "triton":
+            raise ValueError(f"attention_backend='triton', but {blocked}: the kernel has no dropout and does not "
+                             f"differentiate the mask; use 'auto' to fall back to SDPA there")
+        return blocked is None
+
+    def _kernel_attention(self, q, k, val, mask, temporal: bool, dropout_p: float):
+        """The attention output ``(B_, nH, N, d)`` from refimpl's Triton kernel, or None where it does not apply
+        (see ``attention_backend``). The kernel reads the bias ``(nH, N, N)`` by head and the mask ``(nW, N, N)``
+        by ``b % nW`` (no B_-fold copy), and gives rows with no allowed key a zero output itself."""
+        if not self._takes_kernel(q, mask, dropout_p):
+            return None
+        from refimpl import kernels
+
+        additive = None
+        if mask is not None:
+            self._window_mask_terms(mask, q.dtype)  # the mask's value checks (NaN, +inf), cached per mask
+            if mask.dtype == torch.bool:
+                additive = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+            else:
+                additive = mask.to(q.dtype)
+        bias = self._position_bias(temporal, q.dtype)[0]  # (nH, N, N); differentiable in the table
+        reason = kernels.unsupported_reason(q, bias, additive)
+        if reason is None:
+            return kernels.triton_window_attention(q, k, val, bias, additive, scale=self.scale)
+        if self.attention_backend == "triton":
+            raise ValueError(f"attention_backend='triton', but the kernel does not support this call: {reason}")
+        return None
 
     def flops(self, N, T, temporal=False):
         """AIM's count: MACs of ``q@k^T`` and ``attn@v`` for one window of ``N`` tokens over ``T`` frames

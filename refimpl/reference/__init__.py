@@ -5,6 +5,8 @@ One module per area, every public name re-exported here:
 * ``window_attention``: AIM's ``WindowAttention`` (Swin's index tables, the forward with its stages, the VJP);
 * ``shifted_window``: Swin's shifted windows (partition, regions, mask, map-level attention and its VJP, and a
   second, per-token map-level oracle);
+* ``window_attention_v2``: Swin V2's ``WindowAttention`` (log-spaced coordinates, continuous position bias, cosine
+  attention, the VJP, the map-level operation);
 * ``temporal_model``: FIERY's ``TemporalModel`` (its operations, the forward, the VJP, the state-dict shapes);
 * the FLOP formulas live in ``refimpl.flops`` and are re-exported here.
 
@@ -25,6 +27,8 @@ from refimpl.flops import (
     stage_resolutions,
     swin_model_mac_terms,
     swin_model_macs,
+    swin_v2_cpb_macs,
+    swin_v2_window_attention_macs,
     swin_window_attention_macs,
     temporal_model_macs,
     window_attention_flops,
@@ -74,6 +78,16 @@ from refimpl.reference.window_attention import (
     window_attention_stages,
     window_attention_vjp,
 )
+from refimpl.reference.window_attention_v2 import (
+    WindowAttentionV2Stages,
+    continuous_position_bias,
+    relative_coords_table,
+    shifted_window_attention_v2,
+    shifted_window_attention_v2_vjp,
+    window_attention_v2,
+    window_attention_v2_stages,
+    window_attention_v2_vjp,
+)
 
 __all__ = [
     # window attention
@@ -94,6 +108,15 @@ __all__ = [
     "shifted_window_attention_vjp",
     "shifted_window_cell",
     "shifted_window_attention_per_token",
+    # Swin V2 window attention
+    "relative_coords_table",
+    "continuous_position_bias",
+    "WindowAttentionV2Stages",
+    "window_attention_v2_stages",
+    "window_attention_v2",
+    "window_attention_v2_vjp",
+    "shifted_window_attention_v2",
+    "shifted_window_attention_v2_vjp",
     # FIERY temporal model
     "BATCH_NORM_EPS",
     "conv3d",
@@ -121,6 +144,8 @@ __all__ = [
     "window_attention_flops",
     "window_attention_flops_upstream",
     "swin_window_attention_macs",
+    "swin_v2_cpb_macs",
+    "swin_v2_window_attention_macs",
     "aim_block_attention_macs",
     "aim_model_attention_macs",
     "stage_resolutions",

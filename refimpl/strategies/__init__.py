@@ -32,12 +32,23 @@ from refimpl.strategies.temporal_model import (
 )
 from refimpl.strategies.window_attention import (
     MASK_CONVENTIONS,
+    MEMORY_LAYOUTS,
     WindowAttentionCase,
     WindowAttentionConfig,
+    memory_layouts,
     random_window_attention_params,
     random_window_mask,
     window_attention_cases,
     window_attention_configs,
+)
+from refimpl.strategies.window_attention_v2 import (
+    ShiftedWindowAttentionV2Case,
+    WindowAttentionV2Case,
+    WindowAttentionV2Config,
+    random_window_attention_v2_params,
+    shifted_window_attention_v2_cases,
+    window_attention_v2_cases,
+    window_attention_v2_configs,
 )
 
 __all__ = [
@@ -49,10 +60,20 @@ __all__ = [
     "window_attention_cases",
     "seeds",
     "MASK_CONVENTIONS",
+    "MEMORY_LAYOUTS",
+    "memory_layouts",
     "ShiftedWindowConfig",
     "ShiftedWindowAttentionCase",
     "shifted_window_configs",
     "shifted_window_attention_cases",
+    # Swin V2 window attention
+    "WindowAttentionV2Config",
+    "WindowAttentionV2Case",
+    "ShiftedWindowAttentionV2Case",
+    "window_attention_v2_configs",
+    "random_window_attention_v2_params",
+    "window_attention_v2_cases",
+    "shifted_window_attention_v2_cases",
     # FIERY temporal model
     "TemporalModelConfig",
     "TemporalModelCase",

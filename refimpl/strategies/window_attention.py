@@ -67,6 +67,14 @@ def random_window_attention_params(
     return params
 
 
+MEMORY_LAYOUTS = ("contiguous", "permuted storage", "every other row")
+"""How a caller's tensor may sit in memory: contiguous; the same values stored with the axes reversed and viewed
+back (every stride differs from the contiguous one); or every other row of a tensor twice as long (a view with
+stride 2 on the first axis and a storage offset pattern a raw-pointer kernel misreads)."""
+
+memory_layouts = st.sampled_from(MEMORY_LAYOUTS)
+"""The layout a property hands the caller's tensors in (``MEMORY_LAYOUTS``); the suite builds the view."""
+
 MASK_CONVENTIONS = ("-100", "-inf", "bool")
 """How a window mask says "may not attend": Swin's additive -100, an additive -inf, or a boolean "may attend"
 mask (True where allowed). ``refimpl.reference.additive_mask`` gives each its meaning."""

@@ -321,6 +321,8 @@ def run_property(
             unsupported.append(exc)
         except Exception as exc:
             exc.add_note(failing_case_note(impl, modes, used, case, dtype))
+            examples.setdefault("first_failure", examples["run"])  # before shrinking: how soon the bug showed
+            exc.refimpl_examples_to_failure = examples["first_failure"]
             raise
 
     # rejected cases (modes the target lacks) must not end the run early
@@ -331,7 +333,12 @@ def run_property(
         run = hypothesis.seed(seed)(run)
     run.__name__ = run.__qualname__ = f"{prop.name}[{impl.name}-{device}-{dtype}]"
     try:
-        run()
+        # One CPU thread unless a property varies it (``thread_counts``: 1 and at least 2, where kernels take other
+        # routes): the drawn tensors are small, where a parallel region costs more than it saves, and on a shared
+        # machine waiting threads stall every op (a temporal-model property: 3.9 s on one thread, 59 s on two
+        # with the 2-core machine loaded; docs/verify.md).
+        with cpu_threads(1):
+            run()
     except hypothesis.errors.Unsatisfiable:
         if examples["run"]:
             raise

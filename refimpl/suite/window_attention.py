@@ -509,6 +509,91 @@ def dropout_acts_only_in_train_mode(impl, case, device, dtype):
         assert not torch.equal(a, b), "train mode with dropout gave the same output twice"
 
 
+DROPOUT_DRAWS = 64  # train-mode calls averaged by dropout_is_unbiased_in_train_mode
+
+
+@register(KIND, with_dropout, dtypes=FLOAT64, needs=('training',))
+def dropout_is_unbiased_in_train_mode(impl, case, device, dtype):
+    """Dropout is inverted dropout (kept values scaled by 1/(1-p)), so the train-mode output averaged over many
+    calls is the eval-mode output (the oracle): the mean of 64 calls, projected on two directions (the attention
+    part of the output, and a random one), lies within 6 standard errors of the oracle's. A dropout that forgets
+    the rescale, or drops what it should not, is biased along them."""
+    cfg = case.config
+    if cfg.attn_drop == 0 and cfg.proj_drop == 0:
+        return
+    expected = case.oracle_output()
+    module = _run(impl, case, device, dtype, train=True)
+    torch.manual_seed(case.seed)
+    with torch.no_grad():
+        draws = torch.stack([forward(module, case, device, dtype) for _ in range(DROPOUT_DRAWS)])
+    draws = draws.double().cpu().numpy().reshape(DROPOUT_DRAWS, -1) - expected.reshape(1, -1)
+    attention_part = (expected - case.params["proj.bias"]).reshape(-1)  # what attention dropout scales
+    directions = {"the attention part": attention_part,
+                  "a random direction": np.random.default_rng(case.seed).standard_normal(attention_part.size)}
+    for name, w in directions.items():
+        if not np.any(w):
+            continue
+        w = w / np.linalg.norm(w)
+        projected = draws @ w  # (draws,): signed deviation from the oracle along w
+        mean, standard_error = projected.mean(), projected.std(ddof=1) / np.sqrt(DROPOUT_DRAWS)
+        slack = 1e-9 * (1.0 + np.abs(expected).max())  # no spread at all (nothing dropped): float64 noise
+        assert abs(mean) <= 6 * standard_error + slack, (
+            f"train-mode output averaged over {DROPOUT_DRAWS} calls is biased along {name}: mean deviation "
+            f"{mean:.4g} from the eval output, {abs(mean) / max(standard_error, 1e-300):.1f} standard errors "
+            f"({standard_error:.3g}); attn_drop={cfg.attn_drop}, proj_drop={cfg.proj_drop}")
+
+
+def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t``'s values in the memory layout ``layout`` (``refimpl.strategies.MEMORY_LAYOUTS``)."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "permuted storage":
+        axes = tuple(reversed(range(t.dim())))
+        return t.permute(axes).contiguous().permute(axes)
+    if layout == "every other row":
+        return torch.stack([t, torch.zeros_like(t)], dim=1).flatten(0, 1)[::2]
+    raise ValueError(f"layout must be one of {rst.MEMORY_LAYOUTS}, got {layout!r}")
+
+
+@register(KIND, st.tuples(cases, rst.memory_layouts), dtypes=HIGH)
+def any_memory_layout_gives_the_oracles_output(impl, drawn, device, dtype):
+    """``x`` and the mask handed over as non-contiguous views (stored with the axes reversed, or every other row
+    of a larger tensor) give the oracle's output in eval mode: a kernel that reads raw memory as if it were
+    contiguous does not."""
+    case, layout = drawn
+    case = rounded_case(case, dtype)
+    module = _run(impl, case, device, dtype)
+    x = with_layout(to_tensor(case.x, device, dtype), layout)
+    mask = None if case.mask is None else with_layout(to_tensor(case.mask, device, dtype), layout)
+    with torch.no_grad():
+        actual = module(x, mask, case.temporal)
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    assert_close(actual, case.oracle_output(), baseline=baseline, dtype=dtype, what=f"output for {layout} inputs")
+
+
+@register(KIND, rst.window_attention_cases(mask=True), dtypes=("float32",), needs=('training',))
+def forward_leaves_the_callers_tensors_untouched(impl, case, device, dtype):
+    """The caller's ``x`` and mask hold the same values after an eval forward, and after a train-mode forward
+    and backward (dropout off): a module that writes into them (e.g. turns a -100 mask into -inf in place, or
+    adds a bias to ``x`` in place) corrupts the caller's next call, since Swin reuses one mask for every block."""
+    module = _run(impl, case, device, dtype)
+    x = to_tensor(case.x, device, dtype)
+    mask = None if case.mask is None else to_tensor(case.mask, device, dtype)
+    x_before, mask_before = x.clone(), None if mask is None else mask.clone()
+
+    def untouched(when):
+        assert torch.equal(x, x_before), f"x was modified {when}"
+        if mask is not None:
+            assert torch.equal(mask, mask_before), f"the mask was modified {when}"
+
+    with torch.no_grad():
+        module(x, mask, case.temporal)
+    untouched("by an eval forward")
+    module.train()
+    module(x, mask, case.temporal).sum().backward()
+    untouched("by a train-mode forward and backward")
+
+
 @register(KIND, cases, dtypes=("float32",))
 def flops_method_matches_the_formula_and_the_counted_work(impl, case, device, dtype):
     """``flops(N, T, temporal)``, when the module has it, is AIM's formula (``reference.window_attention_flops``,
