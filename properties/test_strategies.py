@@ -232,6 +232,10 @@ CLAIMS = [
           f"{_mutant('dropout_in_eval_mode')}; {_mutant('dropout_without_rescale')}"),
     Claim("wa-cases/mask/-100-spatial", WA_CASES_MASK, lambda k: not k.temporal and k.mask_convention == "-100",
           _mutant("mask_edited_in_place")),
+    Claim("wa-cases/large-logits-past-float32-overflow", st.tuples(rst.window_attention_cases(temporal=False),
+                                                                   rst.logit_gains),
+          lambda d: d[0].with_arrays(x=d[0].x * d[1]).oracle_stages().logits.max() > 88.7,
+          f"logit_gains docstring; {_mutant('softmax_without_max_subtraction')}"),
     *[Claim(f"layouts/{layout}", rst.memory_layouts, lambda drawn, layout=layout: drawn == layout,
             "MEMORY_LAYOUTS docstring" + (f"; {_mutant('strides_ignored')}" if layout != "contiguous" else ""))
       for layout in rst.MEMORY_LAYOUTS],

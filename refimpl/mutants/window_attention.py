@@ -207,6 +207,12 @@ class StridesIgnored(SnippetWindowAttention):
         return super().forward(x, mask, temporal)
 
 
+class SoftmaxWithoutMaxSubtraction(SnippetWindowAttention):
+    def normalize(self, attn):  # a hand-written softmax: exp of the raw logits
+        weights = attn.exp()
+        return weights / weights.sum(dim=-1, keepdim=True)
+
+
 class ProjBiasDropped(SnippetWindowAttention):
     def forward(self, x, mask=None, temporal=False):
         return super().forward(x, mask, temporal) - self.proj.bias
@@ -257,6 +263,9 @@ CATALOG = [
            TemporalTableForFourFrames, "long clips, T > 4"),
     Mutant("window_attention", "dropout_in_eval_mode", "attention dropout stays on in eval mode",
            DropoutInEvalMode, "non-zero attn_drop"),
+    Mutant("window_attention", "softmax_without_max_subtraction",
+           "softmax as exp(logits) / sum exp(logits), without subtracting the row maximum",
+           SoftmaxWithoutMaxSubtraction, "logits past exp's overflow (11 in float16, 88.7 in float32)"),
     Mutant("window_attention", "dropout_without_rescale",
            "train-mode attention dropout zeroes weights without the 1/(1-p) rescale", DropoutWithoutRescale,
            "non-zero attn_drop in train mode"),

@@ -273,7 +273,8 @@ class TemporalBlock(nn.Module):
         ``(path-A entry activation of the frame before x, [pool cell means of that frame])``, as returned by the
         previous call or by ``history_state``. Returns ``(output, state after the last frame of x)``."""
         half = self.half_channels
-        (a_entry, a_conv), (b_entry, b_conv), c_entry = self.convolution_paths
+        paths = self.convolution_paths  # indexed, not unpacked: torch 2.1's dynamo cannot unpack a Sequential
+        a_entry, a_conv, b_entry, b_conv, c_entry = paths[0][0], paths[0][1], paths[1][0], paths[1][1], paths[2]
         folded = [_folded(m[0].weight, m[1]) for m in (a_entry, b_entry, c_entry)]
         if self.projection is not None:  # the projection reads x too: one GEMM for all four
             folded.append(_folded(self.projection[0].weight, self.projection[1]))

@@ -342,9 +342,11 @@ class WindowAttention(nn.Module):
         if out is not None:
             out = out.transpose(1, 2).reshape(n_rows, n_tokens, channels)
             return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
-        if is_compiling():  # matmul-softmax-matmul with the per-window mask: inductor fuses it (docs/compile.md)
-            explicit = True
+        if is_compiling():  # docs/gpu.md: SDPA with the mask repeated over the images (as eager calls do)
             attn_mask, keep_rows = self._traceable_mask(temporal, mask, x.dtype)
+            explicit = x.device.type == "cpu" and x.dtype == torch.bfloat16  # measured: SDPA loses there
+            if not explicit and attn_mask.shape[0] not in (1, n_rows):
+                attn_mask = attn_mask.repeat(n_rows // attn_mask.shape[0], 1, 1, 1)
         else:
             # On CPU, matmul-softmax-matmul (``_explicit_attention``, the mask per window) wherever it is the
             # faster route; otherwise one SDPA call with the B_-expanded 4-D mask.

@@ -75,6 +75,11 @@ stride 2 on the first axis and a storage offset pattern a raw-pointer kernel mis
 memory_layouts = st.sampled_from(MEMORY_LAYOUTS)
 """The layout a property hands the caller's tensors in (``MEMORY_LAYOUTS``); the suite builds the view."""
 
+logit_gains = st.floats(4.0, 12.0)
+"""A factor for ``x``: logits grow with its square (16-144 times their usual O(1) size), past ``exp``'s overflow in
+float16 (at 11) and, for the larger gains, in float32 (at 88.7): legal inputs a softmax without its row maximum
+subtracted turns into inf / inf."""
+
 MASK_CONVENTIONS = ("-100", "-inf", "bool")
 """How a window mask says "may not attend": Swin's additive -100, an additive -inf, or a boolean "may attend"
 mask (True where allowed). ``refimpl.reference.additive_mask`` gives each its meaning."""

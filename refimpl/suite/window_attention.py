@@ -543,6 +543,20 @@ def dropout_is_unbiased_in_train_mode(impl, case, device, dtype):
             f"({standard_error:.3g}); attn_drop={cfg.attn_drop}, proj_drop={cfg.proj_drop}")
 
 
+@register(KIND, st.tuples(spatial_cases, rst.logit_gains))
+def large_logits_give_the_oracles_output(impl, drawn, device, dtype):
+    """``x`` scaled by 4-12, so logits reach tens to over a hundred (past ``exp``'s overflow in float16 at 11 and in
+    float32 at 88.7, legal in every dtype): the output is the oracle's, finite, nearly one-hot attention. A softmax
+    that does not subtract the row maximum before ``exp`` gives inf / inf there."""
+    case, gain = drawn
+    case = rounded_case(case.with_arrays(x=case.x * gain), dtype)
+    actual = forward(_run(impl, case, device, dtype), case, device, dtype)
+    assert torch.isfinite(actual).all(), f"large logits (x scaled by {gain:.3g}) gave a non-finite output"
+    baseline = forward(_run(EAGER, case, device, dtype), case, device, dtype)
+    assert_close(actual, case.oracle_output(), baseline=baseline, dtype=dtype,
+                 what=f"output with x scaled by {gain:.3g}")
+
+
 def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """``t``'s values in the memory layout ``layout`` (``refimpl.strategies.MEMORY_LAYOUTS``)."""
     if layout == "contiguous":
