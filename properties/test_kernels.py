@@ -5,7 +5,6 @@ compile for sm_80 and sm_90 (``python -m refimpl.kernels.aot``). docs/kernels.md
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,8 +25,8 @@ from refimpl.kernels.testing import core_stages, core_vjp
 from refimpl.tolerance import assert_close, assert_vjp_matches_central_differences
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+HAS_TRITON = is_available()  # importable and recent enough (torch 2.1's CUDA build brings triton 2.1.0: too old)
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton >= 3 is not installed (pip install triton)")
 
 
 def _env(**changes) -> dict:

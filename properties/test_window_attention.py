@@ -21,11 +21,18 @@ COMPILED = [pytest.param(name, device, dtype, id=f"{name}-{device}-{dtype}")
             for device in available_devices() for dtype in dtypes]
 
 
+# torch 2.1.2's inductor compiles the backward of the bias-table gather wrongly at tiny shapes (window (1, 2),
+# dim 1: a table gradient of -0.0023 where the oracle, eager torch 2.1.2 and compiled torch 2.13 give -0.043)
+INDUCTOR_MISCOMPILES_TINY_BACKWARDS = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 2)
+
+
 @pytest.mark.parametrize("name, device, dtype", COMPILED)
 def test_compiled_window_attention_matches_the_oracle(name, device, dtype):
     """refimpl's WindowAttention under torch.compile (inductor, fullgraph=True), through the kind's own
     properties: inference (spatial, masked in every convention, temporal; with autograd recording and under
     no_grad) and a training step's gradients equal the oracle's, and compiled code really ran."""
+    if name == "gradients_match_oracle" and INDUCTOR_MISCOMPILES_TINY_BACKWARDS:
+        pytest.skip("torch 2.1's inductor miscompiles the bias-table gather's backward at tiny shapes (docs/gpu.md)")
     (prop,) = [p for p in properties_for(KIND) if p.name == name]
     target = compiled(Implementation(KIND, "refimpl.optimized:WindowAttention", WindowAttention))
     before = graphs_compiled()

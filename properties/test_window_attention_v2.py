@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ from refimpl.optimized import WindowAttentionV2, shifted_window_attention
 from refimpl.reference.window_attention_v2 import log_spaced_coordinate
 from refimpl.suite import Implementation, properties_for, run_property
 from refimpl.suite._compiled import compiled, compiled_settings, graphs_compiled
-from refimpl.suite._core import cpu_threads
+from refimpl.suite._core import cpu_threads, missing_kernels
 from refimpl.suite.window_attention_v2 import BASELINE, KIND, rounded_case, to_tensor
 from refimpl.tolerance import assert_close, assert_vjp_matches_central_differences
 
@@ -209,6 +210,18 @@ def test_loaded_buffers_are_never_read():
         assert torch.equal(module(x), before)
 
 
+_NO_CPU_FLOAT16 = missing_kernels("cpu", "float16")
+needs_cpu_float16 = pytest.mark.skipif(_NO_CPU_FLOAT16 is not None,
+                                       reason=f"this torch has no CPU float16 kernels: {_NO_CPU_FLOAT16}")
+
+
+def _cpu_sdpa_fuses_a_4d_additive_mask() -> bool:
+    q = torch.zeros(1, 1, 2, 2)
+    return FUSED_CPU_SDPA_OP in dispatched_ops(F.scaled_dot_product_attention, q, q, q,
+                                               attn_mask=torch.zeros(1, 1, 2, 2))
+
+
+@needs_cpu_float16
 def test_float16_zero_tokens_give_zero_not_nan():
     """refimpl normalizes half dtypes in float32, where F.normalize's floor 1e-12 exists: zero tokens give finite
     outputs in float16 too. Upstream's eps 1e-12 is 0 in float16: NaN."""
@@ -221,6 +234,7 @@ def test_float16_zero_tokens_give_zero_not_nan():
         assert torch.isfinite(module(x)).all() and torch.isnan(faithful(x)).all()
 
 
+@needs_cpu_float16
 def test_float16_short_vectors_keep_finite_gradients():
     """The CI-profile case that found it (one channel per head, no q/v bias): upstream's float16 normalization
     backward overflows to NaN; refimpl's gradients are finite and equal the oracle within float16's policy (here
@@ -241,6 +255,8 @@ def test_float16_short_vectors_keep_finite_gradients():
                  what="grad of x", magnitude=float(case.oracle_vjp_magnitudes()["x"].max()))
 
 
+@pytest.mark.skipif(not _cpu_sdpa_fuses_a_4d_additive_mask(),
+                    reason="this torch's CPU SDPA has no fused kernel for an additive mask (torch < 2.3)")
 def test_inference_is_one_fused_sdpa_call_and_a_cached_bias():
     """Inference on one thread: exactly one SDPA call on the fused CPU kernel, and (cache hit) no MLP work."""
     module, _ = _loaded(CONFIG)

@@ -21,12 +21,19 @@ HEAD_DIMS = tuple(range(16, 129, 16))  # multiples of 16 (tl.dot's smallest K) u
 MIN_CAPABILITY = (8, 0)  # sm_80 and sm_90 are the targets the ahead-of-time compile test covers
 
 _INSTALL_HINT = "pip install triton"
+MIN_TRITON_MAJOR = 3  # the API the kernels and the ahead-of-time compile use (interpreter on CPU tensors included)
 
 
 @functools.cache
 def _kernels():
     """The kernels module, imported once; a clear ImportError when triton is missing."""
     try:
+        import triton
+
+        major = int(str(getattr(triton, "__version__", "0")).split(".")[0] or 0)
+        if major < MIN_TRITON_MAJOR:  # e.g. triton 2.1.0, which torch 2.1's CUDA build pulls in
+            raise ImportError(f"triton {triton.__version__} is too old: the kernels use the triton >= "
+                              f"{MIN_TRITON_MAJOR} API (torch 2.13 pairs with triton 3.7.1)")
         from refimpl.kernels import _triton_kernels
     except ImportError as exc:
         raise ImportError(

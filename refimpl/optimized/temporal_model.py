@@ -291,7 +291,8 @@ class TemporalBlock(nn.Module):
         if self.use_pyramid_pooling:
             column = 3 * half
             cells = self.pyramid_pooling.cell_means(x)
-            for i, (feature, cell) in enumerate(zip(self.pyramid_pooling.features, cells, strict=True)):
+            for i, feature in enumerate(self.pyramid_pooling.features):  # no zip(strict=): torch 2.1 dynamo lacks it
+                cell = cells[i]
                 previous = None if state is None else state[1][i]
                 if previous is None:  # the first frame averages itself alone (count_include_pad=False)
                     pooled = torch.cat([cell[:, :1], (cell[:, :-1] + cell[:, 1:]) / 2], dim=1)

@@ -344,7 +344,9 @@ class WindowAttention(nn.Module):
             return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
         if is_compiling():  # docs/gpu.md: SDPA with the mask repeated over the images (as eager calls do)
             attn_mask, keep_rows = self._traceable_mask(temporal, mask, x.dtype)
-            explicit = x.device.type == "cpu" and x.dtype == torch.bfloat16  # measured: SDPA loses there
+            # as eager on CPU: SDPA loses in bfloat16 and with a learned bias (its math backend); torch 2.1's
+            # compiled SDPA also got the bias gradient wrong at tiny shapes (docs/gpu.md)
+            explicit = x.device.type == "cpu" and (x.dtype == torch.bfloat16 or self._mask_needs_grad(temporal, mask))
             if not explicit and attn_mask.shape[0] not in (1, n_rows):
                 attn_mask = attn_mask.repeat(n_rows // attn_mask.shape[0], 1, 1, 1)
         else:
