@@ -771,7 +771,14 @@ def _reason(outcome: dict) -> str:
     if line.startswith("no flops("):
         return "no flops() method"
     # a failure: its measured numbers, without the exception type, the bound's derivation and the rest
-    line = re.sub(r" \(= max\([^()]*\)\)", "", line.removeprefix("AssertionError: ")).split("; mean abs error")[0]
+    lines = outcome["detail"].removeprefix("AssertionError: ").splitlines()
+    prefix = ""
+    if re.fullmatch(r"\d+ of \d+ keys fail:", lines[0]) and len(lines) > 1:  # the first failing key stands for all
+        prefix, lines = f"{lines[0].removesuffix(':')}, first ", [lines[1].removeprefix("- ")]
+    line = re.sub(r" \(= max\((?:[^()]|\([^()]*\))*\)\)", "", lines[0])
+    if match := re.match(r"(.*?): (\d+ of \d+) elements exceed the allowed (\S+); max abs error ([^,;]+)", line):
+        line = f"{match[1]}: max abs error {match[4]} > allowed {match[3]} ({match[2]} elements)"
+    line = prefix + line.split("; mean abs error")[0]
     return line if len(line) <= 140 else line[:137] + "..."
 
 
