@@ -48,6 +48,21 @@ def test_every_catalogued_mutant_has_a_recorded_catcher():
     assert "**survived**" not in table, "docs/mutants.json records a mutant that survived the harness"
 
 
+def test_every_kind_budget_leaves_its_mutants_room():
+    """A kind may draw fewer examples than the harness's default only while every catalogued mutant of it fails
+    within half of that budget (docs/mutants.json, measured at the kinds' default budgets): the faster main job
+    keeps the catalog's power, and a mutant that needs more shows here."""
+    import json
+
+    from refimpl.harness import default_budget
+    from refimpl.mutants import CATALOG
+
+    record = json.loads((ROOT / "docs" / "mutants.json").read_text())["caught_by"]
+    tight = {m.name: (record[m.name]["examples"], default_budget(m.kind)) for m in CATALOG
+             if record[m.name]["examples"] > default_budget(m.kind) // 2}
+    assert not tight, f"mutants needing more than half their kind's budget (examples, budget): {tight}"
+
+
 def test_the_readme_is_short():
     size = len((ROOT / "README.md").read_bytes())
     assert size <= README_LIMIT, f"README.md is {size} bytes (at most {README_LIMIT}): move material to docs/"

@@ -359,3 +359,66 @@ def test_swin_v2_t_stage_1_figures():
     assert flops.swin_v2_cpb_macs(8, 3) == 576_000
     total = flops.swin_v2_window_attention_macs(96, 3, 8, windows=64)
     assert total == 64 * (4 * 64 * 96**2 + 2 * 64**2 * 96) + 576_000 == 201_902_592
+
+
+# ---- Video Swin 3-D window attention: formula == counted work, window level and block level with padding ----
+
+
+@given(case=rst.window_attention_3d_cases(rst.window_attention_3d_configs(max_heads=3, max_head_dim=3),
+                                          max_windows=2))
+def test_video_swin_window_attention_work_equals_the_formula(case):
+    """A ``WindowAttention3D`` forward on ``B_`` windows of ``N = prod(used window)`` tokens does
+    ``video_swin_window_attention_macs`` (V1's ``4 N C^2 + 2 N^2 C`` per window, a shrunk window at its own N):
+    counted by FlopCounterMode on the upstream-faithful and the optimized module, and by counting the oracle's
+    einsum contractions; the optimized module's ``flops(N)`` is the per-window term."""
+    from refimpl.baselines.window_attention_3d import WindowAttention3D as Faithful3D
+    from refimpl.optimized import WindowAttention3D
+
+    cfg = case.config
+    expected = flops.video_swin_window_attention_macs(cfg.dim, cfg.num_heads, cfg.window_size, case.used_window,
+                                                      windows=case.x.shape[0])
+    args = (torch.as_tensor(case.x, dtype=torch.float32),
+            None if case.mask is None else torch.as_tensor(case.mask, dtype=torch.float32))
+    state = {k: torch.as_tensor(a, dtype=torch.float32) for k, a in case.params.items()}
+    for module in (Faithful3D(**cfg.kwargs()).eval(), WindowAttention3D(**cfg.kwargs()).eval()):
+        module.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            counted, per_op = count_flops(module, *args)
+        assert counted == flops.macs_to_flops(expected), (type(module), counted, expected, per_op)
+    assert case.x.shape[0] * module.flops(case.n_tokens) == expected
+    assert _oracle_macs(reference.window_attention_3d, case.x, case.params, **case.oracle_kwargs()) == expected
+
+
+@given(case=rst.shifted_window_attention_3d_cases(max_batch=2))
+def test_video_swin_block_work_counts_the_padding(case):
+    """The block's attention part on a clip does ``video_swin_block_attention_macs``: every window of the padded
+    clip with the window in use, pad tokens included (counted by FlopCounterMode on Video Swin's block code around
+    the faithful module, and by counting the oracle's contractions)."""
+    from refimpl.baselines.shifted_window_3d import shifted_window_attention_3d as block
+    from refimpl.baselines.window_attention_3d import WindowAttention3D as Faithful3D
+
+    cfg, g = case.config, case.geometry
+    expected = flops.video_swin_block_attention_macs(cfg.dim, cfg.num_heads, g.size, g.window_size, case.batch)
+    module = Faithful3D(**cfg.kwargs()).eval()
+    module.load_state_dict({k: torch.as_tensor(a, dtype=torch.float32) for k, a in case.params.items()},
+                           strict=False)
+    with torch.no_grad():
+        counted, per_op = count_flops(lambda t: block(t, module, window_size=g.window_size, shift_size=g.shift_size),
+                                      torch.as_tensor(case.x, dtype=torch.float32))
+    assert counted == flops.macs_to_flops(expected), (counted, expected, per_op)
+    assert _oracle_macs(reference.shifted_window_attention_3d, case.x, case.params, **case.oracle_kwargs()) == expected
+    n = int(np.prod(g.used[0]))
+    assert expected == case.batch * g.n_windows * (4 * n * cfg.dim**2 + 2 * n**2 * cfg.dim)
+
+
+def test_video_swin_block_figures():
+    """Video Swin-T stage 1 on 32 frames at 224x224 (patch (2, 4, 4): a 16x56x56 map, C 96, 3 heads, window
+    (8, 7, 7), N = 392, 2 x 8 x 8 = 128 windows), and a short clip: 4 frames shrink D to 4 (N = 196), and a 6x6 map
+    under a 7x7 window shrinks H and W to 6 (N = 144, no padding)."""
+    n, macs = 392, flops.video_swin_block_attention_macs
+    # 4 * 392 * 96^2 = 14,450,688 and 2 * 392^2 * 96 = 29,503,488 per window
+    assert macs(96, 3, (16, 56, 56), (8, 7, 7)) == 128 * (4 * n * 96**2 + 2 * n**2 * 96) == 5_626_134_528
+    assert macs(96, 3, (4, 56, 56), (8, 7, 7)) == 64 * flops.swin_window_attention_macs(96, 3, 196)
+    assert macs(768, 24, (4, 6, 6), (8, 7, 7)) == flops.swin_window_attention_macs(768, 24, 144)
+    # padding: 9 frames under Wd = 8 pad to 16, twice the windows of 8 frames
+    assert macs(96, 3, (9, 7, 7), (8, 7, 7)) == 2 * macs(96, 3, (8, 7, 7), (8, 7, 7))

@@ -7,6 +7,8 @@ from refimpl import mutants
 from refimpl.baselines.shifted_window import shifted_window_mask as swin_shifted_window_mask
 from refimpl.baselines.temporal_model import TemporalModel as FieryTemporalModel
 from refimpl.harness import verify
+from refimpl.mutants.shifted_window_mask_3d import unmutated_compute_mask
+from refimpl.mutants.window_attention_3d import SnippetWindowAttention3D
 from refimpl.suite import Implementation
 
 DTYPES = ("float64", "float32")
@@ -16,6 +18,7 @@ def test_the_catalog_is_large_enough():
     kinds = [m.kind for m in mutants.CATALOG]
     assert kinds.count("window_attention") >= 15 and kinds.count("temporal_model") >= 5
     assert kinds.count("shifted_window_mask") >= 3
+    assert kinds.count("window_attention_3d") >= 8 and kinds.count("shifted_window_mask_3d") >= 4
     assert len({m.name for m in mutants.CATALOG}) == len(mutants.CATALOG)
 
 
@@ -29,7 +32,10 @@ def test_every_mutant_is_caught(mutant):
     ("window_attention", mutants.SnippetWindowAttention),
     ("temporal_model", FieryTemporalModel),
     ("shifted_window_mask", swin_shifted_window_mask),
-], ids=["snippet-window-attention", "eager-temporal-model", "eager-shifted-window-mask"])
+    ("window_attention_3d", SnippetWindowAttention3D),
+    ("shifted_window_mask_3d", unmutated_compute_mask),
+], ids=["snippet-window-attention", "eager-temporal-model", "eager-shifted-window-mask", "snippet-window-attention-3d",
+        "video-swin-compute-mask"])
 def test_the_unmutated_bases_pass(kind, base):
     # fewer examples than the CI profile: refimpl's own implementations get the full profile in the other modules
     report = verify({kind: Implementation(kind, f"base:{base.__name__}", base)}, devices=["cpu"], dtypes=DTYPES,

@@ -403,6 +403,42 @@ CLAIMS += [
           f"zero tokens without q bias give q = 0; {_mutant('v2-normalize-no-eps')}"),
 ]
 
+# ---- Video Swin 3-D: the strategies the window_attention_3d and shifted_window_mask_3d properties draw from ----
+
+W3_CONFIGS = rst.window_attention_3d_configs()
+W3_CASES = rst.window_attention_3d_cases()
+W3_DROPOUT = rst.window_attention_3d_cases(rst.window_attention_3d_configs(dropout=True), mask=False)
+# refimpl/suite/shifted_window_mask_3d.py: half the geometries shift every axis of side > 1
+W3_MASKS = st.one_of(rst.clip_geometries_3d(), rst.clip_geometries_3d(shift="all"))
+_W3 = "refimpl/strategies/window_attention_3d.py docstrings"
+
+CLAIMS += [
+    Claim("w3-configs/wd-differs-from-ww", W3_CONFIGS, lambda c: c.window_size[0] != c.window_size[2],
+          f"{_W3}; {_mutant('table_w_major_3d')}"),
+    Claim("w3-configs/wd-and-wh-above-1", W3_CONFIGS, lambda c: c.window_size[0] > 1 and c.window_size[1] > 1,
+          _mutant("meshgrid_xy_3d")),
+    Claim("w3-cases/tokens-above-1", W3_CASES, lambda k: k.n_tokens > 1, _mutant("bias_key_minus_query_3d")),
+    Claim("w3-cases/shrunk-not-along-w-alone", W3_CASES, lambda k: k.shrunk and max(k.used_window[:2]) > 1,
+          _mutant("used_window_index_along_w")),
+    Claim("w3-cases/not-a-row-major-prefix", W3_CASES, lambda k: k.conventions_differ,
+          f"{_W3}; {_mutant('declares_geometric_computes_truncated')}"),
+    Claim("w3-cases/qk-scale-0", W3_CASES, lambda k: k.config.qk_scale == 0,
+          _mutant("qk_scale_zero_taken_literally_3d")),
+    Claim("w3-cases/mask-several-images-and-windows", W3_CASES, lambda k: k.has_mask and k.batch > 1
+          and k.n_windows > 1, _mutant("mask_window_major_3d")),
+    Claim("w3-dropout/attn-drop", W3_DROPOUT, lambda k: k.config.attn_drop > 0, _mutant("dropout_in_eval_mode_3d")),
+    Claim("w3-masks/a-shift-in-use", W3_MASKS, lambda g: any(g.used[1]), _mutant("mask_3d_labelled_before_the_roll")),
+    Claim("w3-masks/shift-other-than-half", W3_MASKS,
+          lambda g: any(w >= 2 and s != w // 2 for w, s in zip(*g.used, strict=True)),
+          _mutant("mask_3d_bands_from_half_window")),
+    Claim("w3-masks/windows-along-d-and-w", W3_MASKS,
+          lambda g: g.padded[0] > g.used[0][0] and g.padded[2] > g.used[0][2], _mutant("mask_3d_windows_w_major")),
+    Claim("w3-masks/split-window-wd-differs-from-ww", W3_MASKS,
+          lambda g: any(g.used[1]) and g.used[0][0] != g.used[0][2], _mutant("mask_3d_tokens_w_major")),
+    Claim("w3-masks/shifts-on-two-axes", W3_MASKS, lambda g: sum(s > 0 for s in g.used[1]) >= 2,
+          _mutant("mask_3d_labels_summed")),
+]
+
 NOT_ABOUT_CASES = {"softmax_in_bfloat16"}
 
 

@@ -35,6 +35,36 @@ def window_pair(name: str, value) -> tuple[int, int]:
     return positive_int(f"{name}[0]", pair[0]), positive_int(f"{name}[1]", pair[1])
 
 
+def window_triple(name: str, value) -> tuple[int, int, int]:
+    """A 3-D window ``(Wd, Wh, Ww)`` (or one int ``w`` meaning ``(w, w, w)``), each side >= 1."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value, value, value)
+    try:
+        triple = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a triple of ints (Wd, Wh, Ww), got {value!r}") from None
+    if len(triple) != 3:
+        raise ValueError(f"{name} must be a triple (Wd, Wh, Ww), got {value!r} with {len(triple)} entries")
+    return tuple(positive_int(f"{name}[{a}]", side) for a, side in enumerate(triple))
+
+
+def shift_triple(name: str, value, window: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A 3-D shift ``(sd, sh, sw)`` (or one int), each in ``[0, window side)``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value, value, value)
+    try:
+        triple = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a triple of ints (sd, sh, sw), got {value!r}") from None
+    if len(triple) != 3:
+        raise ValueError(f"{name} must be a triple (sd, sh, sw), got {value!r} with {len(triple)} entries")
+    shifts = tuple(non_negative_int(f"{name}[{a}]", s) for a, s in enumerate(triple))
+    for axis, (s, w) in enumerate(zip(shifts, window, strict=True)):
+        if s >= w:
+            raise ValueError(f"{name}[{axis}]={s} must be smaller than the window side {w} (window {window})")
+    return shifts
+
+
 def head_dim(channels: int, num_heads: int, channels_name: str = "C") -> int:
     if channels % num_heads:
         raise ValueError(

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     verify.add_argument("--dtype", default="float64,float32,float16,bfloat16",
                         help="comma-separated dtypes (default: all four)")
-    verify.add_argument("--max-examples", type=int, default=None, help="examples per property (default 100)")
+    verify.add_argument("--max-examples", type=int, default=None,
+                        help="examples per property (default: each kind's budget, 100 or fewer; docs/mutants.md)")
     verify.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: derandomized)")
     verify.add_argument("--property", action="append", default=[], help="run only these properties")
     verify.add_argument("--jobs", "-j", default="auto", metavar="N",

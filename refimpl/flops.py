@@ -1,4 +1,5 @@
-"""Analytic FLOP formulas: AIM's, Swin's and Swin V2's window attention, whole Swin models, FIERY's temporal model.
+"""Analytic FLOP formulas: AIM's, Swin's, Swin V2's and Video Swin's window attention, whole Swin models, FIERY's
+temporal model.
 
 Two conventions, and every name or docstring says which: **MACs** (multiply-accumulates; what Swin, AIM and
 fvcore call "FLOPs") and **FLOPs** counting a multiply and an add separately (``torch.utils.flop_counter``,
@@ -19,6 +20,8 @@ __all__ = [
     "swin_window_attention_macs",
     "swin_v2_cpb_macs",
     "swin_v2_window_attention_macs",
+    "video_swin_window_attention_macs",
+    "video_swin_block_attention_macs",
     "aim_block_attention_macs",
     "aim_model_attention_macs",
     "stage_resolutions",
@@ -98,6 +101,45 @@ def swin_v2_window_attention_macs(dim: int, num_heads: int, window_size, windows
     wh, ww = validate.window_pair("window_size", window_size)
     per_window = swin_window_attention_macs(dim, num_heads, wh * ww)
     return windows * per_window + cpb_evaluations * swin_v2_cpb_macs((wh, ww), num_heads, hidden)
+
+
+def _triple(name: str, value) -> tuple[int, int, int]:
+    try:
+        sides = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a triple (D, H, W), got {value!r}") from None
+    if len(sides) != 3:
+        raise ValueError(f"{name} must be a triple, got {value!r}")
+    return tuple(validate.positive_int(f"{name}[{a}]", side) for a, side in enumerate(sides))
+
+
+def video_swin_window_attention_macs(dim: int, num_heads: int, window_size, used_window=None,
+                                     windows: int = 1) -> int:
+    """MACs of a Video Swin ``WindowAttention3D`` forward on ``windows`` windows (``B_``) of ``N =
+    prod(used_window or window_size)`` tokens: V1's ``4 N C^2 + 2 N^2 C`` per window (qkv, ``q@k^T``, ``attn@v``,
+    proj). A shrunk window costs what its ``N`` tokens cost; the bias gather, the mask, the softmax and the biases
+    are not counted. Video Swin's module has no ``flops`` method."""
+    window = _triple("window_size", window_size)
+    used = window if used_window is None else _triple("used_window", used_window)
+    if any(u > w for u, w in zip(used, window, strict=True)):
+        raise ValueError(f"used_window={used} must fit in window_size={window}")
+    windows = validate.positive_int("windows", windows)
+    return windows * swin_window_attention_macs(dim, num_heads, used[0] * used[1] * used[2])
+
+
+def video_swin_block_attention_macs(dim: int, num_heads: int, input_size, window_size, batch: int = 1) -> int:
+    """MACs of a Video Swin block's attention part (``forward_part1`` without its norm) on a ``(B, D, H, W, C)``
+    clip, padding included: the window in use is ``L_a`` on every axis where ``L_a <= W_a`` (the shrink rule), each
+    axis is padded to a multiple of it, and every window of the padded clip is computed, pad tokens too: ``B *
+    prod(ceil(L_a / W'_a)) * (4 N C^2 + 2 N^2 C)`` with ``N = prod(W')``. The shift changes nothing (the roll and
+    the mask do no multiply-adds)."""
+    size, window = _triple("input_size", input_size), _triple("window_size", window_size)
+    batch = validate.positive_int("batch", batch)
+    used = tuple(min(length, side) for length, side in zip(size, window, strict=True))
+    n_windows = 1
+    for length, side in zip(size, used, strict=True):
+        n_windows *= -(-length // side)  # ceil: the padded axis holds this many windows
+    return video_swin_window_attention_macs(dim, num_heads, window, used, windows=batch * n_windows)
 
 
 # ---- whole models: AIM's attention count and Swin's model.flops() ----

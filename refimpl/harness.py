@@ -216,9 +216,11 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
     if unknown:
         raise ValueError(f"unknown dtype(s) {unknown}; expected a subset of {list(DTYPES)}")
     base = settings or hypothesis.settings.get_profile("ci")
-    run_settings = hypothesis.settings(base, max_examples=max_examples or (
-        base.max_examples if settings else DEFAULT_MAX_EXAMPLES), derandomize=seed is None, print_blob=False)
-    report = Report({k: getattr(t, "name", t) for k, t in targets.items()}, run_settings.max_examples, seed)
+    run_settings = {kind: hypothesis.settings(base, max_examples=max_examples or (
+        base.max_examples if settings else default_budget(kind)), derandomize=seed is None, print_blob=False)
+        for kind in targets}
+    report = Report({k: getattr(t, "name", t) for k, t in targets.items()},
+                    max_examples or (base.max_examples if settings else DEFAULT_MAX_EXAMPLES), seed)
 
     work = []  # (kind, target, impl, property, device, dtype) in report order
     for kind, target in targets.items():
@@ -240,8 +242,8 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
     parallel = jobs > 1 and len(work) > 1 and not fail_fast and settings is None and all(
         isinstance(t, str) for t in targets.values())
     outcomes = (_run_in_workers(work, jobs, max_examples, seed) if parallel
-                else (_run_one(prop, impl, device, dtype, run_settings, seed)
-                      for _, _, impl, prop, device, dtype in work))
+                else (_run_one(prop, impl, device, dtype, run_settings[kind], seed)
+                      for kind, _, impl, prop, device, dtype in work))
     for outcome in outcomes:
         report.outcomes.append(outcome)
         if log:
@@ -249,6 +251,12 @@ def verify(targets: dict | None = None, *, devices=None, dtypes=("float64", "flo
         if fail_fast and outcome.status == "failed":
             break
     return report
+
+
+def default_budget(kind: str) -> int:
+    """Examples per property of ``kind`` without ``--max-examples``: the kind's own default (set where its
+    catalogued mutants all fail within half of it), else ``DEFAULT_MAX_EXAMPLES``."""
+    return KINDS[kind].default_max_examples or DEFAULT_MAX_EXAMPLES
 
 
 def _run_in_workers(work, jobs: int, max_examples, seed):
@@ -273,7 +281,7 @@ def _worker_setup(cwd: str) -> None:
 def _worker_run(kind, target, prop_name, device, dtype, max_examples, seed) -> Outcome:
     """One property in a worker: the same settings and seed as ``verify`` uses in one process."""
     base = hypothesis.settings.get_profile("ci")
-    run_settings = hypothesis.settings(base, max_examples=max_examples or DEFAULT_MAX_EXAMPLES,
+    run_settings = hypothesis.settings(base, max_examples=max_examples or default_budget(kind),
                                        derandomize=seed is None, print_blob=False)
     (prop,) = [p for p in properties_for(kind) if p.name == prop_name]
     return _run_one(prop, load_implementation(kind, target), device, dtype, run_settings, seed)

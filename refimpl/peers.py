@@ -11,6 +11,10 @@
     refimpl verify --target window_attention_v2=refimpl.peers:TorchvisionShiftedWindowAttentionV2
     refimpl verify --target window_attention_v2=refimpl.peers:HFSwinv2Attention
     refimpl verify --target window_attention_v2=refimpl.peers:MMPretrainWindowMSAV2
+    refimpl verify --target window_attention_3d=refimpl.peers:MMAction2VideoWindowAttention3D   (Video Swin, below)
+    refimpl verify --target window_attention_3d=refimpl.peers:TorchvisionShiftedWindowAttention3d
+    refimpl verify --target shifted_window_mask_3d=refimpl.peers:mmaction2_compute_mask_3d
+    refimpl verify --target shifted_window_mask_3d=refimpl.peers:torchvision_attention_mask_3d
 
 Their constructors, state dicts and forwards differ from AIM's; the adapters translate them and declare what each
 lacks (``refimpl_capabilities``), so those properties are reported as skips, not failures. Every adapter computes
@@ -27,7 +31,10 @@ torchvision's CUDA-linked extension does not load and ``import torchvision`` fai
 pure PyTorch). transformers and mmpretrain import torchvision when it is installed, so they get the shim too.
 
 The Swin V2 adapters (``V2_ADAPTERS``, ``V2_RECORDS``) put the peers' V2 window attention behind microsoft's
-protocol (kind ``window_attention_v2``) the same way, and their verdicts have a table of their own.
+protocol (kind ``window_attention_v2``) the same way, and their verdicts have a table of their own. The Video Swin
+adapters (``V3D_ADAPTERS``) put mmaction2's and torchvision's 3-D window attention behind Video Swin's
+``WindowAttention3D`` protocol (kind ``window_attention_3d``, declaring upstream's truncated index convention) and
+their shifted-window mask functions behind kind ``shifted_window_mask_3d``; one table per kind.
 
 ``python -m refimpl.peers verify`` writes ``docs/peer-NAME.json`` for every installed peer and ``python -m
 refimpl.peers markdown docs/peers.md`` renders their verdicts into the table of docs/peers.md.
@@ -53,8 +60,11 @@ _LAZY = ("TimmWindowAttention", "TorchvisionWindowAttention", "HFSwinAttentionEa
 # Swin V2 (kind window_attention_v2, microsoft's protocol)
 _LAZY += ("TimmWindowAttentionV2", "TorchvisionShiftedWindowAttentionV2", "HFSwinv2Attention",
           "HFSwinv2AttentionWithMasks", "MMPretrainWindowMSAV2")
-__all__ = ["ADAPTERS", "RECORDS", "V2_ADAPTERS", "V2_RECORDS", "not_installed", "render_table", "update_markdown",
-           "write_reports"]
+# Video Swin 3-D (kinds window_attention_3d and shifted_window_mask_3d: Video Swin's protocol)
+_LAZY += ("MMAction2VideoWindowAttention3D", "TorchvisionShiftedWindowAttention3d", "mmaction2_compute_mask_3d",
+          "torchvision_attention_mask_3d")
+__all__ = ["ADAPTERS", "RECORDS", "V2_ADAPTERS", "V2_RECORDS", "V3D_ADAPTERS", "not_installed", "render_table",
+           "update_markdown", "write_reports"]
 __all__ += _LAZY
 
 _SHIM = []  # keeps the torch.library.Library alive
@@ -101,7 +111,15 @@ V2_ADAPTERS = {
     "mmpretrain-v2": ("mmpretrain", "MMPretrainWindowMSAV2"),
 }
 V2_RECORDS = {"transformers-v2-masks": ("transformers-v2", ("transformers", "HFSwinv2AttentionWithMasks"))}
+# Video Swin 3-D: report name -> (peer, adapter attribute, kind); one table of docs/peers.md per kind
+V3D_ADAPTERS = {
+    "mmaction2-3d": ("mmaction2", "MMAction2VideoWindowAttention3D", "window_attention_3d"),
+    "torchvision-3d": ("torchvision", "TorchvisionShiftedWindowAttention3d", "window_attention_3d"),
+    "mmaction2-mask-3d": ("mmaction2", "mmaction2_compute_mask_3d", "shifted_window_mask_3d"),
+    "torchvision-mask-3d": ("torchvision", "torchvision_attention_mask_3d", "shifted_window_mask_3d"),
+}
 KIND_OF = {name: "window_attention_v2" for name in (*V2_ADAPTERS, *V2_RECORDS)}  # others: window_attention
+KIND_OF.update({name: kind for name, (_peer, _attr, kind) in V3D_ADAPTERS.items()})
 
 
 def _reports() -> dict[str, tuple[str, str]]:
@@ -111,6 +129,7 @@ def _reports() -> dict[str, tuple[str, str]]:
         for name, entry in adapters.items():
             ordered[name] = entry
             ordered.update({record: e for record, (after, e) in records.items() if after == name})
+    ordered.update({name: (peer, attr) for name, (peer, attr, _kind) in V3D_ADAPTERS.items()})
     return ordered
 
 
@@ -693,6 +712,116 @@ def _transformers_v2_classes():
     return HFSwinv2Attention, HFSwinv2AttentionWithMasks
 
 
+# ---- Video Swin 3-D (kinds window_attention_3d and shifted_window_mask_3d): Video Swin's constructor, keys and
+# forward(x, mask=None); the mask functions (D, H, W, window_size, shift_size) -> (nW, N, N) on padded sizes ----
+
+
+@functools.cache
+def _mmaction2_3d_class():
+    _require("mmaction2")
+    WindowAttention3D = _mmaction2_swin_module().WindowAttention3D
+
+    class MMAction2VideoWindowAttention3D(WindowAttention3D):
+        """mmaction2's ``WindowAttention3D(embed_dims, window_size, num_heads, qkv_bias=True, qk_scale, attn_drop,
+        proj_drop)`` (mmaction/models/backbones/swin.py, loaded by file path) with Video Swin's constructor, whose
+        ``qkv_bias`` defaults to False (mmaction2's to True): the same state-dict keys (persistent ``(N0, N0)``
+        ``relative_position_index`` included), so the module is the peer itself. Its forward takes the bias as
+        ``table[index[:N, :N]]``, upstream's truncated lookup, which it declares. ``qk_scale`` is ``qk_scale or
+        head_dim**-0.5``, as Video Swin's; additive masks through the batch-major view ``(B_/nW, nW, nH, N, N)``.
+        Declares Video Swin's whole protocol."""
+
+        refimpl_capabilities: ClassVar[dict] = {"index_convention": "truncated"}
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0.0,
+                     proj_drop=0.0):
+            super().__init__(dim, tuple(window_size), num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                             attn_drop=attn_drop, proj_drop=proj_drop)
+
+    return MMAction2VideoWindowAttention3D
+
+
+def _box_of(n: int, window: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A map ``(t, h, w)`` of ``n`` tokens that fits in ``window`` on every axis (the largest ``t``, then ``h``,
+    first): run through torchvision's map-level forward it is one window of ``n`` tokens in ``(d, h, w)``
+    row-major order, the row's own order."""
+    for t in range(min(n, window[0]), 0, -1):
+        for h in range(min(n // t, window[1]), 0, -1):
+            if n % (t * h) == 0 and n // (t * h) <= window[2]:
+                return t, h, n // (t * h)
+    raise ValueError(f"N = {n} tokens do not fill a box inside the window {window}: no used window has that size")
+
+
+@functools.cache
+def _torchvision_3d_class():
+    _require("torchvision")
+    _import_torchvision()
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    class TorchvisionShiftedWindowAttention3d(ShiftedWindowAttention3d):
+        """torchvision's map-level ``ShiftedWindowAttention3d(dim, window_size, shift_size, num_heads, qkv_bias=True,
+        proj_bias=True, attention_dropout, dropout)`` (torchvision/models/video/swin_transformer.py) with Video Swin's
+        constructor (``qkv_bias`` defaults to False here, to True in torchvision) and shift ``(0, 0, 0)``; the same
+        state-dict keys, so the module is the peer itself.
+
+        Window level: each row ``(N, C)`` of ``x`` ``(B_, N, C)`` is run through torchvision's own ``forward`` as a
+        one-window map ``(t, h, w)`` with ``t*h*w = N`` inside the module window (``_box_of``). torchvision's
+        ``_get_window_and_shift_size`` then uses that map as the window, so the map is a single window whose tokens
+        are the row's in its order, and ``_get_relative_position_bias`` takes ``index[:N, :N]`` (it depends on the
+        window's volume only): upstream's truncated lookup for any used window of ``N`` tokens, declared as such.
+        No masks: torchvision builds its shift mask inside the map-level function, so an arbitrary ``(nW, N, N)``
+        mask cannot be passed. No ``qk_scale``: torchvision scales by ``head_dim**-0.5``, always (a non-default one
+        is refused). Dropout: ``F.dropout(..., training=self.training)`` in torchvision 0.28 (checked).
+        """
+
+        refimpl_capabilities: ClassVar[dict] = {"modes": ["training", "gradients"], "index_convention": "truncated"}
+
+        def __init__(self, dim, window_size, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0.0,
+                     proj_drop=0.0):
+            super().__init__(dim, [int(s) for s in window_size], [0, 0, 0], num_heads, qkv_bias=qkv_bias,
+                             attention_dropout=attn_drop, dropout=proj_drop)
+            _refuse_qk_scale("torchvision's ShiftedWindowAttention3d", dim, num_heads, qk_scale)
+
+        def forward(self, x, mask=None):
+            """``x`` ``(B_, N, C)`` -> ``(B_, N, C)``; ``mask`` must be None (see the class docstring)."""
+            if mask is not None:
+                raise NotImplementedError("torchvision's ShiftedWindowAttention3d takes no window mask: it builds "
+                                          "its shift mask inside its map-level forward")
+            rows, n, c = x.shape
+            box = _box_of(n, tuple(self.window_size))
+            return super().forward(x.reshape(rows, *box, c)).reshape(rows, n, c)
+
+    return TorchvisionShiftedWindowAttention3d
+
+
+def _mmaction2_compute_mask_3d():
+    _require("mmaction2")
+    compute_mask = _mmaction2_swin_module().compute_mask
+
+    def mmaction2_compute_mask_3d(D, H, W, window_size, shift_size):
+        """mmaction2's ``compute_mask(D, H, W, window_size, shift_size, device)`` (swin.py) on CPU: padded sizes,
+        the used window and shift, ``(nW, N, N)`` float32, 0 within a region and -100.0 across. It is
+        ``lru_cache``d: the tensor returned is the peer's shared one (window and shift are passed as tuples, its
+        cache keys)."""
+        return compute_mask(D, H, W, tuple(window_size), tuple(shift_size), "cpu")
+
+    return mmaction2_compute_mask_3d
+
+
+def _torchvision_attention_mask_3d():
+    _require("torchvision")
+    _import_torchvision()
+    from torchvision.models.video.swin_transformer import _compute_attention_mask_3d
+
+    def torchvision_attention_mask_3d(D, H, W, window_size, shift_size):
+        """torchvision's ``_compute_attention_mask_3d(x, size_dhw, window_size, shift_size)``
+        (torchvision/models/video/swin_transformer.py; private, the function its map-level forward calls on the
+        padded size when ``sum(shift_size) > 0``). It builds the mask with ``x.new_zeros``, in ``x``'s dtype and
+        device: here an empty float32 CPU tensor, the dtype of Video Swin's mask."""
+        return _compute_attention_mask_3d(torch.empty(0), (D, H, W), tuple(window_size), tuple(shift_size))
+
+    return torchvision_attention_mask_3d
+
+
 _BUILDERS = {
     "TimmWindowAttentionV2": _timm_v2_class,
     "TorchvisionShiftedWindowAttentionV2": _torchvision_v2_class,
@@ -707,6 +836,10 @@ _BUILDERS = {
     "HFDonutSwinAttention": _transformers_donut_class,
     "MMPretrainWindowMSA": _mmpretrain_class,
     "MMAction2WindowAttention3D": _mmaction2_class,
+    "MMAction2VideoWindowAttention3D": _mmaction2_3d_class,
+    "TorchvisionShiftedWindowAttention3d": _torchvision_3d_class,
+    "mmaction2_compute_mask_3d": _mmaction2_compute_mask_3d,
+    "torchvision_attention_mask_3d": _torchvision_attention_mask_3d,
 }
 
 
@@ -799,8 +932,8 @@ def _cell(outcomes: list[dict]) -> str:
 
 
 def render_table(reports: Path = DOCS, kind: str = "window_attention") -> str:
-    """The Markdown table property x peer of ``kind`` from ``reports/peer-NAME.json`` (the names of ``ADAPTERS``
-    and ``RECORDS``, or of ``V2_ADAPTERS`` and ``V2_RECORDS``, found there)."""
+    """The Markdown table property x peer of ``kind`` from ``reports/peer-NAME.json`` (the report names of that
+    kind, ``KIND_OF``, found there)."""
     loaded = {name: json.loads((reports / f"peer-{name}.json").read_text()) for name in _reports()
               if KIND_OF.get(name, "window_attention") == kind and (reports / f"peer-{name}.json").exists()}
     properties = list(dict.fromkeys(o["property"] for data in loaded.values() for o in data["outcomes"]))
@@ -818,16 +951,24 @@ def render_table(reports: Path = DOCS, kind: str = "window_attention") -> str:
     return "\n".join(lines) + "\n"
 
 
-V2_TABLE_START = "<!-- peers-table window_attention_v2: start (python -m refimpl.peers markdown) -->"
-V2_TABLE_END = "<!-- peers-table window_attention_v2: end -->"
+def _table_markers(kind: str) -> tuple[str, str]:
+    """The markers of ``kind``'s table in docs/peers.md (window attention keeps its original unnamed pair)."""
+    if kind == "window_attention":
+        return TABLE_START, TABLE_END
+    return (f"<!-- peers-table {kind}: start (python -m refimpl.peers markdown) -->",
+            f"<!-- peers-table {kind}: end -->")
+
+
+V2_TABLE_START, V2_TABLE_END = _table_markers("window_attention_v2")
+TABLE_KINDS = ("window_attention", "window_attention_v2", "window_attention_3d", "shifted_window_mask_3d")
 
 
 def update_markdown(path: Path) -> None:
-    """Replace the table between the ``TABLE_START`` and ``TABLE_END`` markers of ``path`` by ``render_table()``,
-    and the Swin V2 table between ``V2_TABLE_START`` and ``V2_TABLE_END`` (when the page has those markers)."""
+    """Replace each kind's table (``TABLE_KINDS``) between its markers in ``path`` (``_table_markers``; those the
+    page has) by ``render_table()`` of that kind."""
     text = path.read_text()
-    for first, last, kind in ((TABLE_START, TABLE_END, "window_attention"),
-                              (V2_TABLE_START, V2_TABLE_END, "window_attention_v2")):
+    for kind in TABLE_KINDS:
+        first, last = _table_markers(kind)
         if first not in text:
             continue
         start, end = text.index(first) + len(first), text.index(last)

@@ -15,4 +15,7 @@ baseline it is measured against.
 * ``temporal_model``: FIERY's ``TemporalModel`` and its blocks.
 * ``shifted_window``: Swin's mask (``shifted_window_mask``) and its block's map-level code around any window
   attention module (``shifted_window_attention``).
+* ``window_attention_3d``: Video Swin's ``WindowAttention3D`` (upstream's truncated bias lookup ``index[:N, :N]``).
+* ``shifted_window_3d``: Video Swin's 3-D geometry (``get_window_size``, ``window_partition``, ``window_reverse``,
+  ``compute_mask``) and ``SwinTransformerBlock3D``'s map-level attention part (``shifted_window_attention_3d``).
 """

@@ -16,14 +16,22 @@ from pathlib import Path
 
 import torch
 
-from refimpl.mutants import shifted_window_mask, temporal_model, window_attention, window_attention_v2
+from refimpl.mutants import (
+    shifted_window_mask,
+    shifted_window_mask_3d,
+    temporal_model,
+    window_attention,
+    window_attention_3d,
+    window_attention_v2,
+)
 from refimpl.mutants._mutant import Mutant
 from refimpl.mutants.window_attention import SnippetWindowAttention
 
 __all__ = ["Mutant", "CATALOG", "SnippetWindowAttention", "catch", "main"]
 
 # one list per kind, in its own module
-CATALOG = window_attention.CATALOG + temporal_model.CATALOG + shifted_window_mask.CATALOG + window_attention_v2.CATALOG
+CATALOG = (window_attention.CATALOG + temporal_model.CATALOG + shifted_window_mask.CATALOG + window_attention_v2.CATALOG
+           + window_attention_3d.CATALOG + shifted_window_mask_3d.CATALOG)
 
 
 def catch(mutant: Mutant, **verify_kwargs):

@@ -5,6 +5,10 @@ One module per area, every public name re-exported here:
 * ``window_attention``: AIM's ``WindowAttention`` (Swin's index tables, the forward with its stages, the VJP);
 * ``shifted_window``: Swin's shifted windows (partition, regions, mask, map-level attention and its VJP, and a
   second, per-token map-level oracle);
+* ``window_attention_3d``: Video Swin's ``WindowAttention3D`` (the bias index of a shrunk window under the geometric
+  and the truncated convention, the forward, the VJP);
+* ``shifted_window_3d``: Video Swin's 3-D shifted windows (partition, the shrink rule, the 27-region mask, the
+  block's attention part and its VJP, and a second, per-token oracle);
 * ``window_attention_v2``: Swin V2's ``WindowAttention`` (log-spaced coordinates, continuous position bias, cosine
   attention, the VJP, the map-level operation);
 * ``temporal_model``: FIERY's ``TemporalModel`` (its operations, the forward, the VJP, the state-dict shapes);
@@ -31,6 +35,8 @@ from refimpl.flops import (
     swin_v2_window_attention_macs,
     swin_window_attention_macs,
     temporal_model_macs,
+    video_swin_block_attention_macs,
+    video_swin_window_attention_macs,
     window_attention_flops,
     window_attention_flops_upstream,
 )
@@ -44,6 +50,17 @@ from refimpl.reference.shifted_window import (
     shifted_window_regions,
     window_partition,
     window_reverse,
+)
+from refimpl.reference.shifted_window_3d import (
+    block_window_and_shift,
+    padded_size_3d,
+    shifted_window_attention_3d,
+    shifted_window_attention_3d_per_token,
+    shifted_window_attention_3d_vjp,
+    shifted_window_mask_3d,
+    shifted_window_regions_3d,
+    window_partition_3d,
+    window_reverse_3d,
 )
 from refimpl.reference.temporal_model import (
     BATCH_NORM_EPS,
@@ -72,11 +89,20 @@ from refimpl.reference.temporal_model import (
 from refimpl.reference.window_attention import (
     WindowAttentionStages,
     additive_mask,
+    relative_index_of_offsets,
     relative_position_index,
     temporal_relative_index,
     window_attention,
     window_attention_stages,
     window_attention_vjp,
+)
+from refimpl.reference.window_attention_3d import (
+    INDEX_CONVENTIONS,
+    is_row_major_prefix,
+    window_attention_3d,
+    window_attention_3d_index,
+    window_attention_3d_stages,
+    window_attention_3d_vjp,
 )
 from refimpl.reference.window_attention_v2 import (
     WindowAttentionV2Stages,
@@ -108,6 +134,23 @@ __all__ = [
     "shifted_window_attention_vjp",
     "shifted_window_cell",
     "shifted_window_attention_per_token",
+    # Video Swin 3-D window attention
+    "relative_index_of_offsets",
+    "INDEX_CONVENTIONS",
+    "is_row_major_prefix",
+    "window_attention_3d_index",
+    "window_attention_3d_stages",
+    "window_attention_3d",
+    "window_attention_3d_vjp",
+    "window_partition_3d",
+    "window_reverse_3d",
+    "block_window_and_shift",
+    "padded_size_3d",
+    "shifted_window_regions_3d",
+    "shifted_window_mask_3d",
+    "shifted_window_attention_3d",
+    "shifted_window_attention_3d_vjp",
+    "shifted_window_attention_3d_per_token",
     # Swin V2 window attention
     "relative_coords_table",
     "continuous_position_bias",
@@ -146,6 +189,8 @@ __all__ = [
     "swin_window_attention_macs",
     "swin_v2_cpb_macs",
     "swin_v2_window_attention_macs",
+    "video_swin_window_attention_macs",
+    "video_swin_block_attention_macs",
     "aim_block_attention_macs",
     "aim_model_attention_macs",
     "stage_resolutions",

@@ -6,6 +6,7 @@ windows per image. docs/semantics.md states the semantics these functions implem
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ from refimpl import _validate as validate
 from refimpl.reference._common import attention_scale, softmax
 
 __all__ = [
+    "window_sides",
+    "window_coordinates",
+    "relative_index_of_offsets",
     "relative_position_index",
     "temporal_relative_index",
     "additive_mask",
@@ -28,18 +32,57 @@ __all__ = [
 # ---- index tables ----
 
 
-def relative_position_index(window_size) -> np.ndarray:
-    """Swin's ``relative_position_index``: int64 ``(Wh*Ww, Wh*Ww)``.
+def window_sides(name: str, value) -> tuple[int, ...]:
+    """A window size for ``relative_position_index``: an int ``ws`` (meaning ``(ws, ws)``), a pair ``(Wh, Ww)`` or a
+    triple ``(Wd, Wh, Ww)``, each side >= 1."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return validate.window_pair(name, value)
+    try:
+        sides = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, a pair (Wh, Ww) or a triple (Wd, Wh, Ww), got {value!r}") from None
+    if len(sides) not in (2, 3):
+        raise ValueError(f"{name} must be a pair (Wh, Ww) or a triple (Wd, Wh, Ww), got {value!r} with "
+                         f"{len(sides)} entries")
+    return tuple(validate.positive_int(f"{name}[{a}]", side) for a, side in enumerate(sides))
 
-    Token ``p = r*Ww + c``.  Entry ``(i, j)`` is
-    ``(r_i - r_j + Wh - 1) * (2*Ww - 1) + (c_i - c_j + Ww - 1)``, in ``[0, (2Wh-1)(2Ww-1))``.
+
+def relative_index_of_offsets(window_size, offsets) -> np.ndarray:
+    """The row of the bias table for a relative position: ``offsets[a]`` (any shape, one array per axis, query
+    minus key, each in ``(-W_a, W_a)``) shifted by ``W_a - 1`` and read as the digits of a mixed-radix number with
+    radices ``2*W_a - 1``, the first axis most significant. Pairs: ``(Δr + Wh-1)(2Ww-1) + (Δc + Ww-1)``; triples:
+    ``((Δd + Wd-1)(2Wh-1) + (Δh + Wh-1))(2Ww-1) + (Δw + Ww-1)`` (the table is D-major)."""
+    sides = window_sides("window_size", window_size)
+    if len(offsets) != len(sides):
+        raise ValueError(f"offsets has {len(offsets)} axes, window_size {sides} has {len(sides)}")
+    index = np.zeros(np.shape(offsets[0]), dtype=np.int64)
+    for side, offset in zip(sides, offsets, strict=True):
+        offset = np.asarray(offset, dtype=np.int64)
+        if np.any(np.abs(offset) > side - 1):
+            raise ValueError(f"an offset of {int(np.abs(offset).max())} does not fit a window side of {side}")
+        index = index * (2 * side - 1) + (offset + side - 1)
+    return index
+
+
+def window_coordinates(window_size) -> np.ndarray:
+    """``(A, N)`` int64: the coordinates of the ``N`` tokens of a window with ``A`` axes, flattened row-major
+    (meshgrid 'ij', the last axis varying fastest: token ``p = r*Ww + c``, or ``p = (d*Wh + h)*Ww + w``)."""
+    sides = window_sides("window_size", window_size)
+    grids = np.meshgrid(*[np.arange(side) for side in sides], indexing="ij")
+    return np.stack([grid.reshape(-1) for grid in grids]).astype(np.int64)
+
+
+def relative_position_index(window_size) -> np.ndarray:
+    """Swin's ``relative_position_index``: int64 ``(N, N)`` for a window of 2 or 3 axes, ``N`` its token count.
+
+    Token ``p`` has the coordinates ``window_coordinates(window_size)[:, p]``; entry ``(i, j)`` is the table row of
+    the offset query minus key (``relative_index_of_offsets``). For a pair ``(Wh, Ww)``, with ``p = r*Ww + c``:
+    ``(r_i - r_j + Wh - 1) * (2*Ww - 1) + (c_i - c_j + Ww - 1)``, in ``[0, (2Wh-1)(2Ww-1))``. For a triple
+    ``(Wd, Wh, Ww)`` (Video Swin), the same with a leading D digit: in ``[0, (2Wd-1)(2Wh-1)(2Ww-1))``.
     """
-    wh, ww = validate.window_pair("window_size", window_size)
-    rows, cols = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")  # 'ij': rows vary slowest
-    rows, cols = rows.reshape(-1), cols.reshape(-1)  # (N,) coordinates of token p = r*Ww + c
-    d_row = rows[:, None] - rows[None, :] + (wh - 1)  # (N, N), in [0, 2Wh-2]
-    d_col = cols[:, None] - cols[None, :] + (ww - 1)  # (N, N), in [0, 2Ww-2]
-    return (d_row * (2 * ww - 1) + d_col).astype(np.int64)
+    coords = window_coordinates(window_size)  # (A, N)
+    offsets = [axis[:, None] - axis[None, :] for axis in coords]  # (N, N) per axis, query minus key
+    return relative_index_of_offsets(window_size, offsets)
 
 
 def temporal_relative_index(num_ttokens: int) -> np.ndarray:

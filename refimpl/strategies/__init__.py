@@ -42,6 +42,18 @@ from refimpl.strategies.window_attention import (
     window_attention_cases,
     window_attention_configs,
 )
+from refimpl.strategies.window_attention_3d import (
+    ClipGeometry3D,
+    ShiftedWindowAttention3DCase,
+    WindowAttention3DCase,
+    WindowAttention3DConfig,
+    clip_geometries_3d,
+    random_window_attention_3d_params,
+    shifted_window_attention_3d_cases,
+    used_windows,
+    window_attention_3d_cases,
+    window_attention_3d_configs,
+)
 from refimpl.strategies.window_attention_v2 import (
     ShiftedWindowAttentionV2Case,
     WindowAttentionV2Case,
@@ -76,6 +88,17 @@ __all__ = [
     "random_window_attention_v2_params",
     "window_attention_v2_cases",
     "shifted_window_attention_v2_cases",
+    # Video Swin 3-D window attention
+    "WindowAttention3DConfig",
+    "WindowAttention3DCase",
+    "ClipGeometry3D",
+    "ShiftedWindowAttention3DCase",
+    "window_attention_3d_configs",
+    "random_window_attention_3d_params",
+    "used_windows",
+    "window_attention_3d_cases",
+    "clip_geometries_3d",
+    "shifted_window_attention_3d_cases",
     # FIERY temporal model
     "TemporalModelConfig",
     "TemporalModelCase",

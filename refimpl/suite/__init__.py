@@ -3,7 +3,8 @@
 * ``_core``: the property registry (``register``, ``PROPERTIES``), kinds and their modes (``Kind``, ``Mode``),
   what a target declares (``Capabilities``), and running one property on one target (``run_property``);
 * ``_protocol``: the helpers each kind's protocol check uses (``ProtocolError``);
-* ``window_attention``, ``window_attention_v2``, ``shifted_window_mask``, ``temporal_model``: one module per kind,
+* ``window_attention``, ``window_attention_v2``, ``window_attention_3d``, ``shifted_window_mask``,
+  ``shifted_window_mask_3d``, ``temporal_model``: one module per kind,
   holding its modes, its protocol check and default target, and its properties (each defined once, the
   implementation under test a parameter). The baselines they compare against live in ``refimpl.baselines``, one
   module per kind.
@@ -14,8 +15,10 @@ Importing this package registers every kind and property. ``properties/`` (pytes
 
 from refimpl.suite import (  # noqa: F401  (registers the kinds)
     shifted_window_mask,
+    shifted_window_mask_3d,
     temporal_model,
     window_attention,
+    window_attention_3d,
     window_attention_v2,
 )
 from refimpl.suite._core import (

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import hypothesis
+import numpy as np
 import torch
 from hypothesis import given
 from hypothesis.strategies import SearchStrategy
@@ -21,7 +22,7 @@ from hypothesis.strategies import SearchStrategy
 __all__ = [
     "available_devices", "Implementation", "Property", "PROPERTIES", "register", "run_property", "load_implementation",
     "DTYPES", "Unsupported", "property_grid", "Capabilities", "Mode", "KindModes", "Kind", "KINDS", "register_kind",
-    "kind_modes", "opt_in_line",
+    "kind_modes", "opt_in_line", "round_to", "to_tensor",
 ]
 
 DTYPES = {
@@ -112,6 +113,10 @@ class Kind:
     default_target: str
     protocol: Callable
     modes: KindModes = _NO_MODES
+    declarations: tuple[str, ...] = ()  # keys of refimpl_capabilities the kind itself reads (e.g. index_convention)
+    # examples per property that `refimpl verify` draws without --max-examples (None: the harness's default, 100);
+    # a kind sets fewer only where its catalogued mutants all fail within half of it (properties/test_mutants.py)
+    default_max_examples: int | None = None
 
 
 # Every kind, by name: filled by the kind modules (``register_kind``), in import order.
@@ -146,7 +151,8 @@ class Capabilities:
     and device, no extension. ``extensions`` opts into modes refimpl defines beyond upstream (for window
     attention: boolean masks, rows with no allowed key); ``modes``, when given, is the exact list of modes the
     target supports (upstream and extension names), to declare that it lacks an upstream mode. Whatever a target
-    does not support is a reported skip with the reason, never a failure and never silently untested."""
+    does not support is a reported skip with the reason, never a failure and never silently untested. A kind may
+    read keys of its own (``Kind.declarations``: ``index_convention`` for ``window_attention_3d``)."""
 
     dtypes: tuple[str, ...] | None = None
     devices: tuple[str, ...] | None = None
@@ -161,10 +167,11 @@ class Capabilities:
             return cls(modes=known.upstream, kind=kind)
         if not isinstance(declared, dict):
             raise ValueError(f"refimpl_capabilities must be a dict, got {type(declared).__name__}")
-        unknown = set(declared) - {"dtypes", "devices", "modes", "extensions"}
+        own = KINDS[kind].declarations if kind in KINDS else ()
+        unknown = set(declared) - {"dtypes", "devices", "modes", "extensions", *own}
         if unknown:
             raise ValueError(f"refimpl_capabilities has unknown keys {sorted(unknown)}; expected dtypes, devices, "
-                             f"modes, extensions")
+                             f"modes, extensions" + "".join(f", {key}" for key in own))
         modes = tuple(declared.get("modes", known.upstream))
         if set(modes) - set(known.names):
             raise ValueError(f"refimpl_capabilities['modes'] has unknown modes {sorted(set(modes) - set(known.names))}"
@@ -396,3 +403,18 @@ def load_implementation(kind: str, spec: str) -> Implementation:
         raise ValueError(f"{spec} is not callable (got {type(factory).__name__})")
     return Implementation(kind, spec, factory)
 
+
+
+# ---- arrays between the oracle (float64 NumPy) and an implementation (torch, any dtype): shared by every kind ----
+
+
+def round_to(array, dtype: torch.dtype) -> np.ndarray:
+    """The float64 values that ``array`` takes once stored in ``dtype``."""
+    return torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype).double().numpy()
+
+
+def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
+    """``array`` as a ``dtype`` tensor on ``device``; boolean arrays (may-attend masks) stay boolean."""
+    array = np.asarray(array)
+    t = torch.as_tensor(array, dtype=torch.bool if array.dtype == bool else dtype, device=device)
+    return t.requires_grad_(requires_grad)

@@ -15,7 +15,7 @@ from refimpl import reference
 from refimpl import strategies as rst
 from refimpl.baselines.temporal_model import TemporalModel as FieryTemporalModel
 from refimpl.reference import temporal_model_state_shapes
-from refimpl.suite._core import Implementation, Kind, KindModes, Mode, register, register_kind
+from refimpl.suite._core import Implementation, Kind, KindModes, Mode, register, register_kind, round_to, to_tensor
 from refimpl.suite._protocol import ProtocolError, build_target, call_target, check_state_keys
 from refimpl.tolerance import assert_close, assert_close_mapping
 
@@ -47,10 +47,6 @@ def _is_count(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def round_to(array, dtype: torch.dtype) -> np.ndarray:
-    return torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype).double().numpy()
-
-
 def rounded_case(case: rst.TemporalModelCase, dtype: torch.dtype) -> rst.TemporalModelCase:
     """The case as a ``dtype`` module stores it: the oracle then runs on exactly those values."""
     return case.with_arrays(
@@ -58,10 +54,6 @@ def rounded_case(case: rst.TemporalModelCase, dtype: torch.dtype) -> rst.Tempora
         grad_out=round_to(case.grad_out, dtype),
         params={k: a if _is_count(k) else round_to(a, dtype) for k, a in case.params.items()},
     )
-
-
-def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device).requires_grad_(requires_grad)
 
 
 def state_tensors(params, device, dtype) -> dict[str, torch.Tensor]:
@@ -396,4 +388,5 @@ def _protocol_temporal_model(factory) -> None:
 
 
 register_kind(Kind(KIND, upstream="FIERY's TemporalModel", default_target="refimpl.optimized:TemporalModel",
-                   protocol=_protocol_temporal_model, modes=MODES))
+                   protocol=_protocol_temporal_model, modes=MODES,
+                   default_max_examples=50))

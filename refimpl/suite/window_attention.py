@@ -28,7 +28,9 @@ from refimpl.suite._core import (
     cpu_threads,
     register,
     register_kind,
+    round_to,
     thread_counts,
+    to_tensor,
 )
 from refimpl.suite._protocol import ProtocolError, build_target, call_target, check_state_keys
 from refimpl.tolerance import assert_close, assert_close_mapping, compare, error_bound
@@ -108,11 +110,6 @@ def case_edges(case) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def round_to(array, dtype: torch.dtype) -> np.ndarray:
-    """The float64 values that ``array`` takes once stored in ``dtype``."""
-    return torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype).double().numpy()
-
-
 def rounded_case(case: rst.WindowAttentionCase, dtype: torch.dtype) -> rst.WindowAttentionCase:
     """The case as a ``dtype`` implementation sees it: the oracle then runs on exactly those inputs."""
     return case.with_arrays(
@@ -121,13 +118,6 @@ def rounded_case(case: rst.WindowAttentionCase, dtype: torch.dtype) -> rst.Windo
         mask=case.mask if case.mask is None or case.mask.dtype == bool else round_to(case.mask, dtype),
         grad_out=round_to(case.grad_out, dtype),
     )
-
-
-def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
-    """``array`` as a ``dtype`` tensor on ``device``; boolean arrays (may-attend masks) stay boolean."""
-    array = np.asarray(array)
-    t = torch.as_tensor(array, dtype=torch.bool if array.dtype == bool else dtype, device=device)
-    return t.requires_grad_(requires_grad)
 
 
 def build(impl: Implementation, config, params, device, dtype, *, train=False) -> torch.nn.Module:

@@ -37,7 +37,9 @@ from refimpl.suite._core import (
     cpu_threads,
     register,
     register_kind,
+    round_to,
     thread_counts,
+    to_tensor,
 )
 from refimpl.suite._protocol import ProtocolError, build_target, call_target, check_state_keys
 from refimpl.tolerance import assert_close, assert_close_mapping
@@ -109,11 +111,6 @@ def case_edges(case) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def round_to(array, dtype: torch.dtype) -> np.ndarray:
-    """The float64 values that ``array`` takes once stored in ``dtype``."""
-    return torch.as_tensor(np.asarray(array, dtype=np.float64)).to(dtype).double().numpy()
-
-
 def rounded_case(case, dtype: torch.dtype):
     """The case as a ``dtype`` implementation sees it: the oracle then runs on exactly those inputs."""
     arrays = dict(x=round_to(case.x, dtype), params={k: round_to(a, dtype) for k, a in case.params.items()},
@@ -121,10 +118,6 @@ def rounded_case(case, dtype: torch.dtype):
     if getattr(case, "mask", None) is not None:
         arrays["mask"] = round_to(case.mask, dtype)
     return case.with_arrays(**arrays)
-
-
-def to_tensor(array, device, dtype, requires_grad=False) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device).requires_grad_(requires_grad)
 
 
 def build(impl: Implementation, config, params, device, dtype, *, train=False) -> torch.nn.Module:
@@ -531,4 +524,5 @@ def _protocol_window_attention_v2(factory) -> None:
 
 register_kind(Kind(KIND, upstream="microsoft's Swin V2 WindowAttention",
                    default_target="refimpl.optimized:WindowAttentionV2", protocol=_protocol_window_attention_v2,
-                   modes=MODES))
+                   modes=MODES,
+                   default_max_examples=70))
