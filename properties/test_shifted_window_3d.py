@@ -428,6 +428,13 @@ def test_capabilities_declare_the_convention():
 # ---- torch.compile ----
 
 
+# torch 2.1's inductor fails to generate code for the shifted mask's int64 region labels (an AssertionError in its
+# CPU codegen, measured with torch 2.1.2); eager, and torch >= 2.2 compiled, are right.
+INDUCTOR_FAILS_ON_THE_3D_MASK = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 2)
+
+
+@pytest.mark.skipif(INDUCTOR_FAILS_ON_THE_3D_MASK, reason="torch 2.1's inductor cannot compile the 3-D mask's "
+                    "int64 label arithmetic; docs/gpu.md")
 def test_map_level_under_torch_compile_fullgraph():
     """Inference compiled with fullgraph=True (no caches, no host reads while compiling: a graph break raises)
     equals the oracle and the eager call: a clip that shrinks H off the prefix (geometric), pads W, shift on D/W."""

@@ -59,7 +59,8 @@ def shift_triple(name: str, value, window: tuple[int, int, int]) -> tuple[int, i
     if len(triple) != 3:
         raise ValueError(f"{name} must be a triple (sd, sh, sw), got {value!r} with {len(triple)} entries")
     shifts = tuple(non_negative_int(f"{name}[{a}]", s) for a, s in enumerate(triple))
-    for axis, (s, w) in enumerate(zip(shifts, window, strict=True)):
+    for axis in range(3):  # indexing, not zip(strict=True): torch 2.1's dynamo refuses the keyword
+        s, w = shifts[axis], window[axis]
         if s >= w:
             raise ValueError(f"{name}[{axis}]={s} must be smaller than the window side {w} (window {window})")
     return shifts

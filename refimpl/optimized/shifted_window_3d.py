@@ -25,8 +25,8 @@ def block_window_and_shift(input_size, window_size, shift_size):
     size = window_triple("input_size", input_size)
     window = window_triple("window_size", window_size)
     shift = shift_triple("shift_size", shift_size, window)
-    used_window = tuple(min(L, w) for L, w in zip(size, window, strict=True))
-    used_shift = tuple(0 if L <= w else s for L, w, s in zip(size, window, shift, strict=True))
+    used_window = tuple(min(size[a], window[a]) for a in range(3))
+    used_shift = tuple(0 if size[a] <= window[a] else shift[a] for a in range(3))
     return used_window, used_shift
 
 
@@ -35,7 +35,8 @@ def _padded_geometry(D, H, W, window_size, shift_size):
     size = (validate.positive_int("D", D), validate.positive_int("H", H), validate.positive_int("W", W))
     window = window_triple("window_size", window_size)
     shift = shift_triple("shift_size", shift_size, window)
-    for name, L, w in zip("DHW", size, window, strict=True):
+    for a, name in enumerate("DHW"):
+        L, w = size[a], window[a]
         if L % w:
             raise ValueError(f"{name}={L} must be a multiple of the window side {w} (window {window}): the mask is "
                              f"built on the padded sizes, with the window in use")
@@ -60,7 +61,7 @@ def _partition_flat(values: torch.Tensor, window) -> torch.Tensor:
 
 
 def _build_mask(size, window, shift, fill: float, device, dtype) -> torch.Tensor:
-    bands = [_axis_bands(L, w, s, device) for L, w, s in zip(size, window, shift, strict=True)]
+    bands = [_axis_bands(size[a], window[a], shift[a], device) for a in range(3)]
     labels = 9 * bands[0][:, None, None] + 3 * bands[1][None, :, None] + bands[2][None, None, :]  # (D, H, W)
     labels = _partition_flat(labels, window)  # (nW, N)
     allowed = labels[:, :, None] == labels[:, None, :]  # (nW, N, N)
@@ -112,9 +113,10 @@ def _build_window_order(size, window, shift, device) -> tuple[torch.Tensor, torc
     aside) of ``partition(roll(pad(x), -shift))``, the flat position ``(d*H + h)*W + w`` of ``x`` it reads, or
     ``D*H*W`` for a pad token (a zero row appended to ``x``); ``scatter`` ``(D*H*W,)`` is where each position of
     ``x`` lands among those rows, so one ``index_select`` reverses, rolls back and crops."""
-    padded = [L + (w - L % w) % w for L, w in zip(size, window, strict=True)]
+    padded = [size[a] + (window[a] - size[a] % window[a]) % window[a] for a in range(3)]
     coords = []
-    for L, Lp, s in zip(size, padded, shift, strict=True):
+    for a in range(3):  # indexing, not zip(strict=True): torch 2.1's dynamo refuses the keyword
+        L, Lp, s = size[a], padded[a], shift[a]
         source = (torch.arange(Lp, device=device) + s) % Lp  # rolled position i reads padded position i + s
         coords.append(source.masked_fill(source >= L, -1))  # -1: beyond the clip, a pad token
     d, h, w = coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :]
@@ -166,7 +168,7 @@ def shifted_window_attention_3d(x: torch.Tensor, attn, *, window_size, shift_siz
         raise TypeError(f"x must have a floating dtype, got {x.dtype}")
     if x.dim() != 5:
         raise ValueError(f"x must be 5-D (B, D, H, W, C), got shape {tuple(x.shape)}")
-    b, D, H, W, c = (int(s) for s in x.shape)
+    b, D, H, W, c = x.shape  # unpacked directly: torch 2.1's dynamo cannot unpack a generator
     if min(b, D, H, W, c) < 1:
         raise ValueError(f"x must have no empty axis, got shape {tuple(x.shape)}")
     window = window_triple("window_size", window_size)
@@ -174,11 +176,14 @@ def shifted_window_attention_3d(x: torch.Tensor, attn, *, window_size, shift_siz
     if module_window is not None and tuple(module_window) != window:
         raise ValueError(f"attn was built with window_size={tuple(module_window)}, but window_size={window} was given")
     used_window, used_shift = block_window_and_shift((D, H, W), window, shift_size)
-    padded = tuple(L + (w - L % w) % w for L, w in zip((D, H, W), used_window, strict=True))
+    padded = tuple(L + (used_window[a] - L % used_window[a]) % used_window[a] for a, L in enumerate((D, H, W)))
     n_tokens = used_window[0] * used_window[1] * used_window[2]
     mask = None
     if any(s > 0 for s in used_shift):
-        mask = shifted_window_mask_3d(*padded, used_window, used_shift, fill, device=x.device, dtype=x.dtype)
+        if is_compiling():  # the arguments are checked above; torch 2.1's dynamo cannot trace isinstance(dtype)
+            mask = _build_mask(padded, used_window, used_shift, validate.mask_fill(fill), x.device, x.dtype)
+        else:
+            mask = shifted_window_mask_3d(*padded, used_window, used_shift, fill, device=x.device, dtype=x.dtype)
     gather, scatter = _window_order((D, H, W), used_window, used_shift, x.device)
     rows = x.reshape(b, D * H * W, c)
     if padded != (D, H, W):  # pad tokens read an appended zero row (upstream pads after norm1: exact zeros)

@@ -77,7 +77,7 @@ def relative_position_index_3d(window_size, used_window=None, *, index_conventio
     ``"geometric"``: the row of the true displacement of the two tokens in the used window."""
     window = window_triple("window_size", window_size)
     used = window if used_window is None else window_triple("used_window", used_window)
-    if any(u > w for u, w in zip(used, window, strict=True)):
+    if any(used[a] > window[a] for a in range(3)):
         raise ValueError(f"used_window={used} must fit inside window_size={window}")
     convention = check_index_convention(index_convention)
     n = used[0] * used[1] * used[2]
@@ -283,7 +283,7 @@ class WindowAttention3D(nn.Module):
         n_window = wd * wh * ww
         if used_window is not None:
             used_window = window_triple("used_window", used_window)
-            if any(u > w for u, w in zip(used_window, self.window_size, strict=True)):
+            if any(used_window[a] > self.window_size[a] for a in range(3)):
                 raise ValueError(f"used_window={used_window} must fit inside window_size={self.window_size}")
             if used_window[0] * used_window[1] * used_window[2] != n_tokens:
                 raise ValueError(f"x has N={n_tokens} tokens but used_window={used_window} has "
