@@ -177,6 +177,22 @@ class WindowAttentionStages:
     out: np.ndarray
 
 
+def _attend(x, w_qkv, b_qkv, w_proj, b_proj, bias, mask_rows, scale: float, num_heads: int) -> WindowAttentionStages:
+    """The attention shared by every window-attention oracle once its bias is known: qkv, ``scale * q k^T + bias +
+    mask``, softmax over keys, proj. ``x`` ``(B_, N, C)``; ``bias`` ``(nH, N, N)``; ``mask_rows`` ``(B_, N, N)``."""
+    n_rows, n_tokens, channels = x.shape
+    head_dim = channels // num_heads
+    qkv = np.einsum("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
+    qkv = qkv.reshape(n_rows, n_tokens, 3, num_heads, head_dim)
+    q, k, val = (np.einsum("bnhe->bhne", qkv[:, :, s]) for s in range(3))  # each (B_, nH, N, d)
+
+    logits = scale * np.einsum("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
+    probs = softmax(logits, axis=-1)
+    context = np.einsum("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
+    out = np.einsum("bnc,oc->bno", context, w_proj) + b_proj
+    return WindowAttentionStages(scale, q, k, val, bias, mask_rows, logits, probs, context, out)
+
+
 def window_attention_stages(
     x, params: Mapping, *, num_heads: int, window_size, mask=None, temporal: bool = False, qk_scale=None
 ) -> WindowAttentionStages:
@@ -199,15 +215,7 @@ def window_attention_stages(
     mask_rows = np.zeros((n_rows, n_tokens, n_tokens)) if temporal else _mask_rows(mask, n_rows, n_tokens)
     scale = attention_scale(head_dim, qk_scale)
 
-    qkv = np.einsum("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
-    qkv = qkv.reshape(n_rows, n_tokens, 3, num_heads, head_dim)
-    q, k, val = (np.einsum("bnhe->bhne", qkv[:, :, s]) for s in range(3))  # each (B_, nH, N, d)
-
-    logits = scale * np.einsum("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
-    probs = softmax(logits, axis=-1)
-    context = np.einsum("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
-    out = np.einsum("bnc,oc->bno", context, w_proj) + b_proj
-    return WindowAttentionStages(scale, q, k, val, bias, mask_rows, logits, probs, context, out)
+    return _attend(x, w_qkv, b_qkv, w_proj, b_proj, bias, mask_rows, scale, num_heads)
 
 
 def window_attention(

@@ -23,9 +23,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from refimpl import _validate as validate
-from refimpl.reference._common import attention_scale, softmax
+from refimpl.reference._common import attention_scale
 from refimpl.reference.window_attention import (
     WindowAttentionStages,
+    _attend,
     _backward,
     _mask_rows,
     relative_index_of_offsets,
@@ -123,15 +124,7 @@ def window_attention_3d_stages(
     mask_rows = _mask_rows(mask, n_rows, n_tokens)
     scale = attention_scale(head_dim, qk_scale)
 
-    qkv = np.einsum("bnc,oc->bno", x, w_qkv) + b_qkv  # (B_, N, 3C), channels ordered [s][h][e]
-    qkv = qkv.reshape(n_rows, n_tokens, 3, num_heads, head_dim)
-    q, k, val = (np.einsum("bnhe->bhne", qkv[:, :, s]) for s in range(3))  # each (B_, nH, N, d)
-
-    logits = scale * np.einsum("bhie,bhje->bhij", q, k) + bias[None] + mask_rows[:, None]
-    probs = softmax(logits, axis=-1)
-    context = np.einsum("bhij,bhje->bihe", probs, val).reshape(n_rows, n_tokens, channels)  # head-major
-    out = np.einsum("bnc,oc->bno", context, w_proj) + b_proj
-    return WindowAttentionStages(scale, q, k, val, bias, mask_rows, logits, probs, context, out)
+    return _attend(x, w_qkv, b_qkv, w_proj, b_proj, bias, mask_rows, scale, num_heads)
 
 
 def window_attention_3d(
