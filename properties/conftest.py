@@ -1,10 +1,12 @@
 """pytest wiring of the repository's tests: the Hypothesis profile (dev unless CI or HYPOTHESIS_PROFILE says
-otherwise), and ``Unsupported`` as a skip. The implementation under test of the registered properties is chosen
-with refimpl's pytest plugin (``--refimpl-target KIND=MODULE:ATTR``; ``refimpl/pytest_plugin.py``)."""
+otherwise), torch's global generator seeded before each test, and ``Unsupported`` as a skip. The implementation
+under test of the registered properties is chosen with refimpl's pytest plugin (``--refimpl-target
+KIND=MODULE:ATTR``; ``refimpl/pytest_plugin.py``)."""
 
 import os
 
 import pytest
+import torch
 from hypothesis import settings
 
 import refimpl.profiles  # noqa: F401  (registers dev / ci / thorough)
@@ -12,6 +14,13 @@ from refimpl.suite import Unsupported
 
 if not os.environ.get("CI"):  # under CI=true Hypothesis loads "ci" itself; --hypothesis-profile overrides both
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Plain tests that draw with ``torch.randn`` draw the same inputs on every run and every xdist worker, so a CI
+    failure replays locally; searching over inputs is Hypothesis's job, not the global generator's."""
+    torch.manual_seed(0)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from refimpl.harness import merge_reports
+from refimpl.profiles import PROFILES
 from refimpl.pytest_plugin import parse_shard, parse_targets, shard_seed
 
 # A mask-kind target that records every geometry it is called with (one line each), computing the oracle's mask:
@@ -36,6 +37,14 @@ def _pytest(tmp_path, *args, record="drawn.txt", env=None):
     result = subprocess.run(command, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=300)
     drawn = record_path.read_text().splitlines() if record_path.exists() else []
     return result, drawn
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_refimpl_profile_loads_by_its_short_name(tmp_path, profile):
+    """``--hypothesis-profile=NAME`` works in a user's directory for each of refimpl's profiles: the plugin registers
+    them before Hypothesis loads the profile (an unregistered name is a start-up error)."""
+    result, _ = _pytest(tmp_path, f"--hypothesis-profile={profile}", "--collect-only", "-q")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_the_plugin_imports_neither_torch_nor_the_suite():

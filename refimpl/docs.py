@@ -11,6 +11,7 @@ A block is ``<!-- generated: NAME [ARG] -->``, the rendered text, then ``<!-- en
   ``temporal_model``): its name, the dtypes it runs in, the modes every case of it needs, and its statement (the
   check's docstring);
 * ``modes KIND``: the modes a case of KIND may use, upstream ones and opt-in extensions;
+* ``profiles``: the Hypothesis profiles of ``refimpl.profiles``, their budgets and uses;
 * ``mutants``: ``refimpl.mutants.CATALOG`` with what caught each mutant, read from ``docs/mutants.json``, which
   ``python -m refimpl.mutants --json docs/mutants.json`` writes (a slow run: every mutant under the harness).
   A catalog entry missing from that file is an error: rerun it.
@@ -67,6 +68,18 @@ def modes_table(kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profiles_table() -> str:
+    from hypothesis import settings
+
+    from refimpl.profiles import PROFILE_USES, PROFILES
+
+    lines = ["| profile | examples per property | other settings | used by |", "|---|---:|---|---|"]
+    for name in PROFILES:
+        other, used_by = PROFILE_USES[name]
+        lines.append(f"| `{name}` | {settings.get_profile('refimpl-' + name).max_examples} | {other} | {used_by} |")
+    return "\n".join(lines) + "\n"
+
+
 def mutants_table(root: Path) -> str:
     from refimpl.mutants import CATALOG
 
@@ -98,7 +111,10 @@ def render(spec: str, root: Path) -> str:
         return modes_table(args[0])
     if name == "mutants" and not args:
         return mutants_table(root)
-    raise ValueError(f"unknown generated block {spec!r}; expected 'properties KIND', 'modes KIND' or 'mutants'")
+    if name == "profiles" and not args:
+        return profiles_table()
+    raise ValueError(f"unknown generated block {spec!r}; expected 'properties KIND', 'modes KIND', 'profiles' or "
+                     "'mutants'")
 
 
 def pages(root: Path) -> list[Path]:

@@ -3,6 +3,9 @@
 * ``dev``: fast local iteration.
 * ``ci``: what CI runs; ``CI=true`` makes Hypothesis load a profile named ``ci``, so this one is ours.
   Deterministic (derandomized), no deadline, no example database.
+* ``floor``: ``ci`` at a third of its budget, for CI's second run of the suite on the oldest supported torch: that run
+  checks that every property holds on that torch's kernels and compiler; the search for hard inputs is ``ci``'s job
+  on the newest torch, and two full searches would take CI past its 20 minutes.
 * ``thorough``: thousands of examples per property, for a release or a new implementation.
 
 Each is also registered as ``refimpl-dev``, ``refimpl-ci``, ``refimpl-thorough``, which a user's own profiles of
@@ -14,10 +17,21 @@ from hypothesis import _settings as _hypothesis_settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
+_CI = dict(derandomize=True, database=None, print_blob=True, **_COMMON)
 _PROFILES = {
     "dev": dict(max_examples=25, **_COMMON),
-    "ci": dict(max_examples=150, derandomize=True, database=None, print_blob=True, **_COMMON),
+    "ci": dict(max_examples=150, **_CI),
+    "floor": dict(max_examples=50, **_CI),
     "thorough": dict(max_examples=2000, **_COMMON),
+}
+
+# What each profile is for, as docs/verify.md's generated table shows it: (other settings, used by).
+PROFILE_USES = {
+    "dev": ("no deadline", "pytest by default"),
+    "ci": ("derandomized, no deadline, no example database",
+           "pytest when `CI=true`; `.ci/run`'s torch 2.13.0 run; `refimpl verify` with its kinds' budgets"),
+    "floor": ("as `ci`", "`.ci/run`'s torch 2.1.2 run (`REFIMPL_FLOOR_PROFILE=floor`, read by `tox.ini`)"),
+    "thorough": ("no deadline", "by hand, for a release or a new implementation"),
 }
 
 PROFILES = tuple(_PROFILES)

@@ -74,7 +74,7 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)  # before Hypothesis' plugin loads --hypothesis-profile
 def pytest_configure(config):
     profile = config.getoption("hypothesis_profile", default=None) or ""
-    if profile in ("dev", "ci", "thorough") or profile.startswith("refimpl-"):
+    if profile in ("dev", "ci", "floor", "thorough") or profile.startswith("refimpl-"):  # refimpl.profiles.PROFILES
         import refimpl.profiles  # noqa: F401  (registers refimpl's profiles; imports hypothesis, not torch)
     config.addinivalue_line("markers", "refimpl(kind, property): a refimpl property (refimpl.suite)")
     parse_targets(config.getoption("refimpl_target"))  # fail at start-up on a malformed option

@@ -10,7 +10,9 @@ Upstream quirks it keeps on purpose:
   ``.double()`` converts the float32 values, so a float64 module computes its bias from float32 coordinates
   (up to ~1e-6 from the exact values at unit-scale parameters);
 * the clamp bound is ``torch.log(torch.tensor(1. / 0.01))``, a 0-dim float32 CPU tensor (``4.605170249938965``, a
-  scale of up to ``100.0000064``), whatever the module's dtype and device;
+  scale of up to ``100.0000064``), whatever the module's dtype and device. timm and transformers write
+  ``math.log(1. / 0.01)``, a Python float (exact in float64): ``clamp_bound = "exact"`` computes their way, the
+  tolerance policy's second baseline for this kind (``refimpl.tolerance``);
 * the divisor of the coordinates is ``P - 1`` when ``pretrained_window_size[0] > 0`` (side 1 is not tested), else
   ``window - 1``: a window side of 1 with ``P = (0, 0)``, or a pretrained side of 1, divides 0 by 0 and makes the
   whole output NaN; ``P = (k, 0)`` divides the w offsets by -1;
@@ -20,6 +22,8 @@ Upstream quirks it keeps on purpose:
 * the mask is added through the 5-D view ``(B_ // nW, nW, nH, N, N)``, once, as it is (a boolean mask adds 1 / 0);
 * ``head_dim = dim // num_heads`` is floored: ``dim % num_heads != 0`` fails in forward's reshape.
 """
+
+import math
 
 import numpy as np
 import torch
@@ -34,6 +38,8 @@ class WindowAttention(nn.Module):
     ``forward(x, mask=None)``: ``x`` ``(B_, N, C)`` with ``N = Wh*Ww``; ``mask`` ``(nW, N, N)`` additive or None,
     ``B_ = B*nW`` batch-major. Returns ``(B_, N, C)``.
     """
+
+    clamp_bound = "float32"  # microsoft's float32 ln(100); "exact": timm's and transformers' math.log(1. / 0.01)
 
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0., proj_drop=0.,
                  pretrained_window_size=[0, 0]):  # noqa: B006  (upstream's default)
@@ -99,7 +105,8 @@ class WindowAttention(nn.Module):
 
         # cosine attention
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        logit_scale = torch.clamp(self.logit_scale, max=torch.log(torch.tensor(1. / 0.01))).exp()  # float32 bound
+        bound = torch.log(torch.tensor(1. / 0.01)) if self.clamp_bound == "float32" else math.log(1. / 0.01)
+        logit_scale = torch.clamp(self.logit_scale, max=bound).exp()
         attn = attn * logit_scale
 
         bias_table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)

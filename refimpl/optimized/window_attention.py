@@ -10,14 +10,13 @@ bfloat16, training of the bias). Every part of this is covered by a property aga
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from refimpl import _validate as validate
 from refimpl.optimized._compiling import is_compiling
+from refimpl.optimized._derived_cache import DerivedTensorCache, mask_state, tensor_state, untracked
 from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttention", "relative_position_index", "temporal_relative_index"]
@@ -146,7 +145,7 @@ class WindowAttention(nn.Module):
         if self.use_temporal:
             nn.init.trunc_normal_(self.temporal_position_bias_table, std=0.02)
 
-        self._bias_cache: OrderedDict = OrderedDict()
+        self._bias_cache = DerivedTensorCache(self._CACHE_SLOTS)
         self._mask_terms_cache = None  # (mask, key, terms) of the last window mask seen
 
     # ----------------------------------------------------------------------------------------------
@@ -240,12 +239,8 @@ class WindowAttention(nn.Module):
     def _cache_key(self, temporal: bool, mask, n_rows, dtype: torch.dtype):
         table = self.temporal_position_bias_table if temporal else self.relative_position_bias_table
         index = self.t_relative_coords if temporal else self.relative_position_index
-        # _version moves on every in-place write (load_state_dict's copy_, optimizer steps, mul_), data_ptr on
-        # ``.data =`` and ``.to()``. The entry also holds a reference to the mask, so ``is`` identity is safe.
-        state = (table.data_ptr(), table._version, index.data_ptr(), index._version, table.dtype, table.device)
-        if mask is None:
-            return (temporal, dtype, 1, state, None, None)
-        return (temporal, dtype, n_rows, state, id(mask), mask._version)
+        # refimpl/optimized/_derived_cache.py: what the entry was built from, at the versions it saw
+        return (temporal, dtype, 1 if mask is None else n_rows, tensor_state(table, index), mask_state(mask))
 
     def attention_mask(self, x_shape, mask=None, temporal: bool = False, dtype=None) -> torch.Tensor:
         """The additive mask handed to SDPA for an input of shape ``x_shape`` (rows that attend to nothing show
@@ -267,22 +262,12 @@ class WindowAttention(nn.Module):
         # Not cached: when a gradient must flow (a cached tensor would hold a freed autograd graph after the first
         # backward), and when an input is an inference tensor (it has no version counter to detect edits with).
         index = self.t_relative_coords if temporal else self.relative_position_index
-        untracked = any(t is not None and t.is_inference() for t in (table, index, mask))
-        if needs_grad or untracked:
+        if needs_grad or untracked(table, index, mask):
             return self._combined_mask(temporal, mask, n_rows, dtype, per_window)
+        # Built under no_grad: a cached mask that required grad would hold a graph and send CPU SDPA to its math
+        # backend on every call.
         key = self._cache_key(temporal, mask, "per window" if per_window else n_rows, dtype)
-        hit = self._bias_cache.get(key)
-        if hit is not None and hit[0] is mask:
-            self._bias_cache.move_to_end(key)
-            return hit[1]
-        # Innermost no_grad: inference_mode(False) turns grad mode on, and a cached mask that required grad would
-        # hold a graph and send CPU SDPA to its math backend on every call.
-        with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode as well
-            inputs = self._combined_mask(temporal, mask, n_rows, dtype, per_window)
-        self._bias_cache[key] = (mask, inputs)
-        while len(self._bias_cache) > self._CACHE_SLOTS:
-            self._bias_cache.popitem(last=False)
-        return inputs
+        return self._bias_cache.get(key, mask, lambda: self._combined_mask(temporal, mask, n_rows, dtype, per_window))
 
     def _apply(self, fn, *args, **kwargs):
         self._bias_cache.clear()  # .to() / .cuda() / .half(): drop entries built on the old device or dtype

@@ -24,7 +24,6 @@ checkpoint cannot change what the module computes (upstream reads it in every fo
 from __future__ import annotations
 
 import numbers
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from torch import nn
 from refimpl import _validate as validate
 from refimpl._validate import window_triple
 from refimpl.optimized._compiling import is_compiling
+from refimpl.optimized._derived_cache import DerivedTensorCache, mask_state, tensor_state, untracked
 from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttention3D", "INDEX_CONVENTIONS", "relative_position_index_3d"]
@@ -183,7 +183,7 @@ class WindowAttention3D(nn.Module):
         # timm's trunc_normal_(std=.02) has absolute bounds (-2, 2), i.e. in effect N(0, .02^2); so does torch's.
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-        self._cache: OrderedDict = OrderedDict()  # (geometry, table state, mask, dtype) -> (mask, additive mask)
+        self._cache = DerivedTensorCache(self._CACHE_SLOTS)  # (geometry, table, dtype, mask) -> additive mask
         self._gather_indices: dict = {}  # (geometry, device) -> flat int64 (N*N,) index into the table
 
     # ----------------------------------------------------------------------------------------------
@@ -243,24 +243,16 @@ class WindowAttention3D(nn.Module):
         geometry = self._geometry(n_tokens, used_window)
         # Not cached: when a gradient must flow (a cached tensor would hold a freed graph after the first backward),
         # and for inference tensors (no version counter: an in-place edit could not be seen).
-        if self._bias_needs_grad() or table.is_inference() or (mask is not None and mask.is_inference()):
+        if self._bias_needs_grad() or untracked(table, mask):
             return self._combine(self.position_bias(n_tokens, used_window), mask, dtype)
-        state = (table.data_ptr(), table._version, table.dtype, table.device)
-        key = (geometry, state, dtype, None if mask is None else (id(mask), mask._version))
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is mask:
-            self._cache.move_to_end(key)
-            return hit[1]
-        # Innermost no_grad: inference_mode(False) turns grad mode on, and a cached mask must hold no graph.
-        with torch.inference_mode(False), torch.no_grad():
+
+        def build():
             if mask is not None and (torch.isnan(mask).any() or torch.isposinf(mask).any()):
                 raise ValueError("mask must not contain NaN or +inf (0 where allowed, a negative value or -inf "
                                  "where not)")
-            combined = self._combine(self.position_bias(n_tokens, used_window), mask, dtype)
-        self._cache[key] = (mask, combined)  # holding the mask keeps its id from being reused
-        while len(self._cache) > self._CACHE_SLOTS:
-            self._cache.popitem(last=False)
-        return combined
+            return self._combine(self.position_bias(n_tokens, used_window), mask, dtype)
+
+        return self._cache.get((geometry, tensor_state(table), dtype, mask_state(mask)), mask, build)
 
     def _apply(self, fn, *args, **kwargs):
         self._cache.clear()  # .to() / .half(): entries built on the old device or dtype go

@@ -20,7 +20,6 @@ float32 values even in a float64 module; this module computes the exact ones.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from torch import nn
 
 from refimpl import _validate as validate
 from refimpl.optimized._compiling import is_compiling
+from refimpl.optimized._derived_cache import DerivedTensorCache, mask_state, tensor_state, untracked
 from refimpl.optimized._linear import linear
 
 __all__ = ["WindowAttentionV2", "relative_coords_table"]
@@ -149,7 +149,7 @@ class WindowAttentionV2(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(self.dim, self.dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._cache: OrderedDict = OrderedDict()
+        self._cache = DerivedTensorCache(self._CACHE_SLOTS)
 
     # ----------------------------------------------------------------------------------------------
     # The position bias
@@ -165,8 +165,7 @@ class WindowAttentionV2(nn.Module):
         return 16.0 * torch.sigmoid(table[self._gather_index].view(n, n, self.num_heads).permute(2, 0, 1))
 
     def _mlp_state(self):
-        tensors = [self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight]
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        return tensor_state(self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight)
 
     def _bias_needs_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.cpb_mlp.parameters())
@@ -175,25 +174,17 @@ class WindowAttentionV2(nn.Module):
         """The additive mask of the attention call: ``(1, nH, N, N)`` without a window mask; with one, bias + mask
         as ``(nW, nH, N, N)`` (``per_window``) or expanded to ``(B_, nH, N, N)`` for SDPA. Cached unless a gradient
         must flow into it, keyed on the MLP's tensors and the mask's identity and version."""
-        untracked = mask is not None and mask.is_inference()  # no version counter: an edit could not be seen
-        if self._bias_needs_grad() or untracked or any(p.is_inference() for p in self.cpb_mlp.parameters()):
+        if self._bias_needs_grad() or untracked(mask, *self.cpb_mlp.parameters()):
             return self._combine(self.position_bias(), mask, n_rows, dtype, per_window)
-        key = (self._mlp_state(), dtype, None if mask is None else (id(mask), mask._version,
-                                                                     "window" if per_window else n_rows))
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is mask:
-            self._cache.move_to_end(key)
-            return hit[1]
-        # Innermost no_grad: inference_mode(False) turns grad mode on, and a cached mask must hold no graph.
-        with torch.inference_mode(False), torch.no_grad():
+
+        def build():
             if mask is not None and (torch.isnan(mask).any() or torch.isposinf(mask).any()):
                 raise ValueError("mask must not contain NaN or +inf (0 where allowed, a negative value or -inf "
                                  "where not)")
-            combined = self._combine(self.position_bias(), mask, n_rows, dtype, per_window)
-        self._cache[key] = (mask, combined)
-        while len(self._cache) > self._CACHE_SLOTS:
-            self._cache.popitem(last=False)
-        return combined
+            return self._combine(self.position_bias(), mask, n_rows, dtype, per_window)
+
+        rows = None if mask is None else "window" if per_window else n_rows
+        return self._cache.get((self._mlp_state(), dtype, mask_state(mask), rows), mask, build)
 
     @staticmethod
     def _combine(bias, mask, n_rows: int, dtype: torch.dtype, per_window: bool) -> torch.Tensor:
