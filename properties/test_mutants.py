@@ -22,6 +22,7 @@ def test_the_catalog_is_large_enough():
     assert len({m.name for m in mutants.CATALOG}) == len(mutants.CATALOG)
 
 
+@pytest.mark.mutants
 @pytest.mark.parametrize("mutant", mutants.CATALOG, ids=[m.name for m in mutants.CATALOG])
 def test_every_mutant_is_caught(mutant):
     failure = mutants.catch(mutant, devices=["cpu"], dtypes=DTYPES)

@@ -426,6 +426,7 @@ INTENDED = {
 }
 
 
+@pytest.mark.mutants
 @pytest.mark.parametrize("mutant", mutants_3d.CATALOG + mask_mutants.CATALOG, ids=lambda m: m.name)
 def test_each_mutant_is_caught_by_its_property(mutant):
     from refimpl.mutants import catch
@@ -444,6 +445,7 @@ def test_the_unmutated_block_passes():
     run()
 
 
+@pytest.mark.mutants
 @pytest.mark.parametrize("mutant", mutants_3d.BLOCK_MUTANTS, ids=lambda m: m.name)
 def test_each_block_mutant_is_caught(mutant):
     @settings(max_examples=100, deadline=None, derandomize=True, database=None)

@@ -331,6 +331,7 @@ INTENDED = {
 }
 
 
+@pytest.mark.mutants
 @pytest.mark.parametrize("mutant, prop_name", INTENDED.items(), ids=list(INTENDED))
 def test_the_intended_property_catches_the_mutant(mutant, prop_name):
     (prop,) = [p for p in properties_for(KIND) if p.name == prop_name]

@@ -5,7 +5,8 @@
   Deterministic (derandomized), no deadline, no example database.
 * ``floor``: ``ci`` at a third of its budget, for CI's second run of the suite on the oldest supported torch: that run
   checks that every property holds on that torch's kernels and compiler; the search for hard inputs is ``ci``'s job
-  on the newest torch, and two full searches would take CI past its 20 minutes.
+  on the newest torch, and so is proving that the suite catches its catalogued mutants (the repository's tests
+  skip those under this profile): two full runs would take CI past its 20 minutes.
 * ``thorough``: thousands of examples per property, for a release or a new implementation.
 
 Each is also registered as ``refimpl-dev``, ``refimpl-ci``, ``refimpl-thorough``, which a user's own profiles of
@@ -30,7 +31,8 @@ PROFILE_USES = {
     "dev": ("no deadline", "pytest by default"),
     "ci": ("derandomized, no deadline, no example database",
            "pytest when `CI=true`; `.ci/run`'s torch 2.13.0 run; `refimpl verify` with its kinds' budgets"),
-    "floor": ("as `ci`", "`.ci/run`'s torch 2.1.2 run (`REFIMPL_FLOOR_PROFILE=floor`, read by `tox.ini`)"),
+    "floor": ("as `ci`; the repository's mutant tests skipped (`properties/conftest.py`)",
+              "`.ci/run`'s torch 2.1.2 run (`REFIMPL_FLOOR_PROFILE=floor`, read by `tox.ini`)"),
     "thorough": ("no deadline", "by hand, for a release or a new implementation"),
 }
 
