@@ -18,8 +18,25 @@ from refimpl import _validate as validate
 from refimpl import reference
 from refimpl.reference.window_attention_v2 import CPB_BOUND, window_attention_v2_stages
 
-__all__ = ["window_attention_vjp_magnitudes", "shifted_window_attention_vjp_magnitudes",
-           "window_attention_v2_vjp_magnitudes"]
+__all__ = ["window_attention_output_magnitude", "window_attention_vjp_magnitudes",
+           "shifted_window_attention_vjp_magnitudes", "window_attention_v2_vjp_magnitudes"]
+
+
+def window_attention_output_magnitude(x, probs, params: Mapping) -> float:
+    """The cancellation-free size of a window-attention output ``proj(P v)``: ``max((P (|x| |W_v|^T + |b_v|))
+    |W_proj|^T + |b_proj|)``, with the oracle's probabilities ``probs`` ``(B_, nH, N, N)`` (non-negative) and
+    ``x`` ``(B_, N, C)``; ``qkv`` laid out as AIM's and Video Swin's (rows ``[q | k | v]``, heads inside each). An
+    output that cancels (``proj.bias`` against ``W_proj context``) is rounded at the size of its terms."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    n_rows, n_tokens, channels = x.shape
+    num_heads = probs.shape[1]
+    w_v = np.abs(np.asarray(params["qkv.weight"], dtype=np.float64))[2 * channels:]
+    b_v = np.abs(np.asarray(params["qkv.bias"], dtype=np.float64))[2 * channels:] if "qkv.bias" in params else 0.0
+    v_size = (x @ w_v.T + b_v).reshape(n_rows, n_tokens, num_heads, channels // num_heads)
+    context_size = np.einsum("bhij,bjhe->bihe", probs, v_size).reshape(n_rows, n_tokens, channels)
+    size = context_size @ np.abs(np.asarray(params["proj.weight"], dtype=np.float64)).T
+    size = size + np.abs(np.asarray(params["proj.bias"], dtype=np.float64))
+    return float(size.max(initial=0.0))
 
 
 def window_attention_vjp_magnitudes(

@@ -18,6 +18,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refimpl import reference
+from refimpl.magnitudes import window_attention_output_magnitude
 from refimpl.strategies._common import seeds
 from refimpl.strategies.window_attention import random_window_mask
 
@@ -191,6 +192,11 @@ class WindowAttention3DCase:
     def oracle_vjp_magnitudes(self, index_convention: str = "geometric") -> dict[str, np.ndarray]:
         return window_attention_3d_vjp_magnitudes(self.x, self.params, **self.oracle_kwargs(index_convention),
                                                   grad_out=self.grad_out)
+
+    def oracle_output_magnitude(self, index_convention: str = "geometric") -> float:
+        """The cancellation-free size of the output (what the tolerance floor counts ulps of)."""
+        stages = reference.window_attention_3d_stages(self.x, self.params, **self.oracle_kwargs(index_convention))
+        return window_attention_output_magnitude(self.x, stages.probs, self.params)
 
 
 @st.composite
