@@ -25,13 +25,18 @@ __all__ = ["window_attention_output_magnitude", "window_attention_vjp_magnitudes
 def window_attention_output_magnitude(x, probs, params: Mapping) -> float:
     """The cancellation-free size of a window-attention output ``proj(P v)``: ``max((P (|x| |W_v|^T + |b_v|))
     |W_proj|^T + |b_proj|)``, with the oracle's probabilities ``probs`` ``(B_, nH, N, N)`` (non-negative) and
-    ``x`` ``(B_, N, C)``; ``qkv`` laid out as AIM's and Video Swin's (rows ``[q | k | v]``, heads inside each). An
-    output that cancels (``proj.bias`` against ``W_proj context``) is rounded at the size of its terms."""
+    ``x`` ``(B_, N, C)``; ``qkv.weight`` rows ``[q | k | v]``, heads inside each (AIM, Video Swin, Swin V2), the v
+    bias in ``qkv.bias`` (AIM, Video Swin) or ``v_bias`` (Swin V2). An output that cancels (``proj.bias`` against
+    ``W_proj context``) is rounded at the size of its terms."""
     x = np.abs(np.asarray(x, dtype=np.float64))
     n_rows, n_tokens, channels = x.shape
     num_heads = probs.shape[1]
     w_v = np.abs(np.asarray(params["qkv.weight"], dtype=np.float64))[2 * channels:]
-    b_v = np.abs(np.asarray(params["qkv.bias"], dtype=np.float64))[2 * channels:] if "qkv.bias" in params else 0.0
+    b_v = 0.0
+    if "qkv.bias" in params:
+        b_v = np.abs(np.asarray(params["qkv.bias"], dtype=np.float64))[2 * channels:]
+    elif "v_bias" in params:
+        b_v = np.abs(np.asarray(params["v_bias"], dtype=np.float64))
     v_size = (x @ w_v.T + b_v).reshape(n_rows, n_tokens, num_heads, channels // num_heads)
     context_size = np.einsum("bhij,bjhe->bihe", probs, v_size).reshape(n_rows, n_tokens, channels)
     size = context_size @ np.abs(np.asarray(params["proj.weight"], dtype=np.float64)).T
