@@ -14,6 +14,7 @@ import torch
 from refimpl import _validate as validate
 from refimpl._validate import shift_triple, window_triple
 from refimpl.optimized._compiling import is_compiling
+from refimpl.optimized.shifted_window import _remember
 from refimpl.optimized.window_attention_3d import WindowAttention3D
 
 __all__ = ["block_window_and_shift", "shifted_window_mask_3d", "shifted_window_attention_3d"]
@@ -68,16 +69,9 @@ def _build_mask(size, window, shift, fill: float, device, dtype) -> torch.Tensor
     return torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill_(~allowed, fill)
 
 
-_CACHE_SLOTS = 32  # entries per module-level cache (least recently used dropped first)
+# module-level LRU caches, bounded by the 2-D module's _remember (_CACHE_SLOTS entries each)
 _MASK_CACHE: OrderedDict = OrderedDict()
 _ORDER_CACHE: OrderedDict = OrderedDict()
-
-
-def _remember(cache: OrderedDict, key, value):
-    cache[key] = value
-    while len(cache) > _CACHE_SLOTS:
-        cache.popitem(last=False)
-    return value
 
 
 def shifted_window_mask_3d(D, H, W, window_size, shift_size, fill=-100.0, *, device=None,
